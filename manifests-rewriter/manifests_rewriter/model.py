@@ -1,0 +1,54 @@
+"""Values that flow between the pipeline's stages (DESIGN.md "Data types")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .reference import ImageRef
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One container image the policy would refuse, and where it was seen.
+
+    A manifest finding has `file`, `line`, `document` and `path`; a cluster finding has
+    file None, the top owner's kind/namespace/name and the running `digest`."""
+
+    image: str  # as written
+    reason: str
+    source: str = "pod"  # pod | helm | kustomize | compose | cluster
+    file: str | None = None
+    line: int | None = None
+    document: int | None = None
+    path: str | None = None
+    kind: str | None = None
+    namespace: str | None = None
+    name: str | None = None
+    container: str | None = None
+    target: str | None = None  # where it would go (None when the image is not a valid reference)
+    digest: str | None = None  # the running digest (cluster) or the one written
+
+    def location(self) -> str:
+        if self.file is not None:
+            return f"{self.file}:{self.line}" if self.line else self.file
+        return f"{self.kind}/{self.namespace}/{self.name}" if self.namespace else f"{self.kind}/{self.name}"
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "file": self.file, "line": self.line, "document": self.document, "path": self.path,
+            "kind": self.kind, "namespace": self.namespace, "name": self.name,
+            "container": self.container, "image": self.image, "target": self.target,
+            "digest": self.digest, "source": self.source, "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """Where one source image goes. Deduplicated: one per source reference."""
+
+    source: ImageRef
+    target: ImageRef
+
+    @property
+    def key(self) -> str:
+        return str(self.source)
