@@ -1,0 +1,131 @@
+"""Rewrite refused image references to their targets, file by file.
+
+Each file is planned in memory first (edits spliced into the decoded text), then written
+atomically, and only if its bytes on disk are still the ones that were read. Which target
+a reference gets, and whether it may be rewritten at all, is decided by `resolve`: the
+offline hook uses the naming template alone; acr-mirror adds "verified in the target"
+and digest pinning.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .files import FileError, SourceFile
+from .locate import YamlError, locate
+from .policy import Policy
+from .reference import ImageRef, ReferenceError, parse
+from .scan import read_sources
+from .splice import Edit, SpliceError, apply_edits, edits_for, write_atomic
+
+# source reference -> target reference, or a string saying why it must not be rewritten
+Resolve = Callable[[ImageRef], "ImageRef | str"]
+
+
+@dataclass(frozen=True)
+class ImageChange:
+    line: int
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    file: str
+    line: int
+    image: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.image}: {self.reason}"
+
+
+@dataclass
+class FileRewrite:
+    source: SourceFile
+    new_text: str
+    changes: list[ImageChange]
+
+    @property
+    def changed(self) -> bool:
+        return self.new_text != self.source.text
+
+    def diff(self) -> str:
+        name = self.source.display
+        return "".join(difflib.unified_diff(
+            self.source.text.splitlines(keepends=True), self.new_text.splitlines(keepends=True),
+            fromfile=f"a/{name}", tofile=f"b/{name}"))
+
+
+@dataclass
+class RewriteResult:
+    files: list[FileRewrite] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    errors: list[FileError] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> list[FileRewrite]:
+        return [f for f in self.files if f.changed]
+
+
+def plan_file(source: SourceFile, policy: Policy, resolve: Resolve, result: RewriteResult) -> FileRewrite | None:
+    try:
+        fields = locate(source.text, filename=source.display)
+    except YamlError as exc:
+        result.errors.append(FileError(source.display, f"not valid YAML, left unchanged: {exc}"))
+        return None
+    edits: list[Edit] = []
+    changes: list[ImageChange] = []
+    for fld in fields:
+        if fld.source == "hint" or not policy.refuses(fld.value, namespace=fld.namespace, container=fld.container):
+            continue
+        try:
+            ref = parse(fld.value)
+        except ReferenceError as exc:
+            result.skipped.append(Skipped(source.display, fld.line, fld.value, f"not rewritten: {exc}"))
+            continue
+        target = resolve(ref)
+        if isinstance(target, str):
+            result.skipped.append(Skipped(source.display, fld.line, fld.value, target))
+            continue
+        if not policy.allows(str(target)):
+            result.skipped.append(Skipped(source.display, fld.line, fld.value,
+                                          f"target {target} would still be refused by imageRegex"))
+            continue
+        try:
+            new_edits = edits_for(fld, target)
+        except SpliceError as exc:
+            result.skipped.append(Skipped(source.display, fld.line, fld.value, f"not rewritten: {exc}"))
+            continue
+        edits.extend(new_edits)
+        changes.append(ImageChange(fld.line, fld.value, str(target)))
+    try:
+        new_text = apply_edits(source.text, edits)
+    except SpliceError as exc:
+        result.errors.append(FileError(source.display, f"left unchanged: {exc}"))
+        return None
+    return FileRewrite(source, new_text, changes)
+
+
+def rewrite_paths(paths: Iterable[str], policy: Policy, resolve: Resolve, *, write: bool = True,
+                  max_bytes: int = 16 * 1024 * 1024, exclude: tuple[str, ...] = ()) -> RewriteResult:
+    """Plan every file; with `write`, write the changed ones atomically."""
+    result = RewriteResult()
+    for source in read_sources(paths, max_bytes, exclude, result.errors):
+        planned = plan_file(source, policy, resolve, result)
+        if planned is None:
+            continue
+        result.files.append(planned)
+        if write and planned.changed:
+            try:
+                write_atomic(source.path, planned.new_text.encode("utf-8"), expected=source.raw)
+            except SpliceError as exc:
+                result.errors.append(FileError(source.display, str(exc)))
+            except OSError as exc:
+                result.errors.append(FileError(source.display, f"cannot write: {exc.strerror or exc}"))
+            else:
+                result.written.append(source.display)
+    return result

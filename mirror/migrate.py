@@ -1,0 +1,84 @@
+"""A migration run: scan, plan, sync, verify, rewrite, check.
+
+A reference is rewritten only when its image was copied (or found present) AND a HEAD of
+the target confirms the source's digest there; everything else stays as it was and is
+listed as still blocking enforcement.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from manifests_rewriter.cli import EXIT_FINDINGS, report_rewrite
+from manifests_rewriter.reference import ImageRef, parse
+from manifests_rewriter.rewrite import rewrite_paths
+from manifests_rewriter.scan import scan_paths
+
+from . import report
+from .plan import plan_from_findings
+
+
+def run_migration(session: Any, paths: tuple[str, ...], *, dry_run: bool = False,
+                  report_path: str | None = None, engine_name: str | None = None) -> int:
+    config, policy = session.config, session.policy
+    found = session.scan(paths)
+    for error in found.errors:
+        click.echo(f"error: {error}", err=True)
+    plan = plan_from_findings(found.findings, config.target_registry, config.naming)
+    click.echo(f"scan: {len(found.findings)} refused references, {len(plan.entries)} distinct images, "
+               f"{len(found.warnings)} warnings, {len(found.errors)} unreadable files", err=True)
+
+    engine = session.engine(engine_name)
+    try:
+        mappings = plan.mappings()
+        results = [engine.status(m) for m in mappings] if dry_run else engine.copy_all(mappings)
+        # verify: a fresh HEAD of each target, never the copy's own word alone. Keys are the
+        # references as written (a planned digest may pin the copy, not the rewrite).
+        verified: dict[str, ImageRef] = {}
+        reasons: dict[str, str] = {}
+        for entry, mapping, result in zip(plan.entries, mappings, results, strict=True):
+            if result.status in ("copied", "present") and engine.verify(mapping, result.digest):
+                verified[entry.source] = parse(entry.target)
+            else:
+                reasons[entry.source] = result.error or ("dry run: not copied" if dry_run else "not verified in the target")
+    finally:
+        engine.close()
+
+    def resolve(ref: ImageRef) -> ImageRef | str:
+        key = str(ref)
+        if key in verified:
+            return verified[key]
+        return f"not rewritten: {reasons.get(key, 'not in the plan')}"
+
+    write = not dry_run
+    rewrites = rewrite_paths(paths, policy, resolve, write=write, max_bytes=config.scan.max_file_bytes,
+                             exclude=config.scan.exclude) if paths else None
+    if rewrites is not None:
+        report_rewrite(rewrites, write=write, diff=dry_run)
+
+    # check: what admission would still refuse in the files (after the rewrite)
+    remaining = scan_paths(paths, policy, session.to_target, max_bytes=config.scan.max_file_bytes,
+                           exclude=config.scan.exclude).findings if paths else []
+    remaining += [f for f in found.findings if f.file is None]  # live objects change through `rewrite --cluster`
+    failed = [r for r in results if r.status == "failed"]
+    for r in failed:
+        click.echo(f"failed: {r.source} -> {r.target}: {r.error}", err=True)
+    click.echo(f"check: {len(remaining)} references would still be refused"
+               + ("" if remaining else " - ready to enforce"), err=True)
+
+    if report_path:
+        rewritten = [{"file": f.source.display, "changes": [vars(c) for c in f.changes]}
+                     for f in (rewrites.changed if rewrites else [])]
+        if report_path.endswith(".md"):
+            text = report.markdown_summary([r.as_json() for r in results], rewritten, remaining)
+        else:
+            text = json.dumps({"images": [r.as_json() for r in results], "rewrites": rewritten,
+                               "remaining": [f.as_json() for f in remaining],
+                               "errors": [e.as_json() for e in found.errors]}, indent=2) + "\n"
+        Path(report_path).write_text(text, encoding="utf-8")
+    return EXIT_FINDINGS if failed or remaining or found.errors else 0
+

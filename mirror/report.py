@@ -1,0 +1,127 @@
+"""Reports: a terminal table, JSON for machines, SARIF for code hosts, Markdown for people."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from manifests_rewriter.model import Finding
+from manifests_rewriter.scan import ScanResult
+
+from . import __version__
+
+SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+RULES = {
+    "disallowed-image": ("error", "Container image refused by the allowed-images policy"),
+    "image-outside-pod-spec": ("warning", "Image outside a pod spec that will become a pod image later"),
+    "unreadable-file": ("error", "File could not be scanned"),
+}
+
+
+def console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, soft_wrap=False, highlight=False)
+
+
+def findings_table(findings: Sequence[Finding], title: str) -> Table:
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for column in ("where", "workload", "container", "image", "target"):
+        table.add_column(column, overflow="fold")
+    for f in findings:
+        workload = "/".join(x for x in (f.kind, f.namespace, f.name) if x)
+        table.add_row(f.location(), workload, f.container or "", f.image, f.target or f"({f.reason})")
+    return table
+
+
+def print_scan_table(result: ScanResult, out: Console) -> None:
+    if result.findings:
+        out.print(findings_table(result.findings, f"{len(result.findings)} image references the policy would refuse"))
+    if result.warnings:
+        out.print(findings_table(result.warnings, f"{len(result.warnings)} images outside pod specs "
+                                                  f"(refused later, when an operator creates the pod)"))
+    for error in result.errors:
+        out.print(f"[red]error[/red]: {error}", markup=True)
+    out.print(f"{result.files} files scanned: {len(result.findings)} findings, "
+              f"{len(result.warnings)} warnings, {len(result.errors)} errors.")
+
+
+def scan_json(result: ScanResult) -> str:
+    return json.dumps(result.as_json(), indent=2)
+
+
+def _sarif_result(rule: str, message: str, file: str | None, line: int | None) -> dict[str, Any]:
+    item: dict[str, Any] = {"ruleId": rule, "level": RULES[rule][0], "message": {"text": message}}
+    if file:
+        location: dict[str, Any] = {"artifactLocation": {"uri": file.removeprefix("./")}}
+        if line:
+            location["region"] = {"startLine": line}
+        item["locations"] = [{"physicalLocation": location}]
+    return item
+
+
+def scan_sarif(result: ScanResult) -> str:
+    results = [
+        _sarif_result("disallowed-image", f"{f.image} {f.reason}" + (f"; mirror it as {f.target}" if f.target else ""),
+                      f.file, f.line) for f in result.findings
+    ] + [_sarif_result("image-outside-pod-spec", f"{w.image}: {w.reason}", w.file, w.line) for w in result.warnings]
+    results += [_sarif_result("unreadable-file", e.message, e.file, None) for e in result.errors]
+    rules = [{"id": rule, "shortDescription": {"text": text}, "defaultConfiguration": {"level": level}}
+             for rule, (level, text) in RULES.items()]
+    document = {
+        "$schema": SARIF_SCHEMA,
+        "version": "2.1.0",
+        "runs": [{"tool": {"driver": {"name": "acr-mirror", "version": __version__,
+                                      "informationUri": "https://github.com/acr-mirror/acr-mirror", "rules": rules}},
+                  "results": results}],
+    }
+    return json.dumps(document, indent=2)
+
+
+def _size(n: int | None) -> str:
+    if not n:
+        return "0 B"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def markdown_summary(copies: Iterable[dict[str, Any]], rewrites: Iterable[dict[str, Any]],
+                     remaining: Sequence[Finding]) -> str:
+    """A migration summary a person reads: images, sizes, digests, status, rewrites, blockers."""
+    copies = list(copies)
+    rewrites = list(rewrites)
+    lines = ["# acr-mirror migration report", ""]
+    failed = [c for c in copies if c.get("status") == "failed"]
+    lines += [f"- images: {len(copies)} ({len(failed)} failed)",
+              f"- bytes moved: {_size(sum(c.get('bytes_moved') or 0 for c in copies))}",
+              f"- files rewritten: {len(rewrites)}",
+              f"- still refused by the policy: {len(remaining)}", ""]
+    if copies:
+        lines += ["## Images", "", "| source | target | digest | platforms | moved | status |",
+                  "|---|---|---|---|---|---|"]
+        for c in copies:
+            status = c.get("status", "")
+            if c.get("error"):
+                status += f": {c['error']}"
+            digest = (c.get("digest") or "")[:19]
+            lines.append(f"| `{c.get('source')}` | `{c.get('target')}` | `{digest}` | "
+                         f"{', '.join(c.get('platforms') or [])} | {_size(c.get('bytes_moved'))} | {status} |")
+        lines.append("")
+    if rewrites:
+        lines += ["## Rewritten", ""]
+        for r in rewrites:
+            lines.append(f"- `{r['file']}`")
+            lines += [f"  - line {ch['line']}: `{ch['old']}` → `{ch['new']}`" for ch in r.get("changes", [])]
+        lines.append("")
+    lines += ["## What still blocks enforcement", ""]
+    if remaining:
+        lines += [f"- {f.location()}: `{f.image}` ({f.reason})" for f in remaining]
+    else:
+        lines.append("Nothing: every container image found matches the policy.")
+    return "\n".join(lines) + "\n"
