@@ -107,7 +107,7 @@ def lint(policy: Policy, target_registry: str | None, to_target: object | None =
                 f"imageRegex {pattern!r} allows any *.azurecr.io registry (e.g. {other!r}), "
                 f"not only {target_registry or 'yours'}"))
             break
-    if not policy.allows(example_target) and target_registry:
+    if to_target is None and target_registry and not policy.allows(example_target):
         messages.append(LintMessage("error", f"imageRegex {pattern!r} refuses images in the target registry "
                                              f"({example_target!r})"))
     if to_target is not None:
