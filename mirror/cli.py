@@ -415,3 +415,7 @@ def audit(cluster: bool, kubeconfig: str | None, context: str | None, fmt: str) 
             click.echo(str(item))
         click.echo(f"{len(items)} refusals or stuck workloads.", err=True)
     _exit(EXIT_FINDINGS if items else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from manifests_rewriter.model import Finding
 from manifests_rewriter.scan import ScanResult
@@ -23,27 +22,29 @@ RULES = {
 
 
 def console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, soft_wrap=False, highlight=False)
+    return Console(stderr=stderr, soft_wrap=True, highlight=False)
 
 
-def findings_table(findings: Sequence[Finding], title: str) -> Table:
-    table = Table(title=title, title_justify="left", show_lines=False)
-    for column in ("where", "workload", "container", "image", "target"):
-        table.add_column(column, overflow="fold")
-    for f in findings:
-        workload = "/".join(x for x in (f.kind, f.namespace, f.name) if x)
-        table.add_row(f.location(), workload, f.container or "", f.image, f.target or f"({f.reason})")
-    return table
+def finding_line(f: Finding) -> str:
+    """One grep-friendly line: where: image -> target (workload, container)."""
+    workload = "/".join(x for x in (f.kind, f.namespace, f.name) if x)
+    context = ", ".join(x for x in (workload, f.container and f"container {f.container}") if x)
+    target = f" -> {f.target}" if f.target else f" ({f.reason})"
+    return f"{f.location()}: {f.image}{target}" + (f"  [{context}]" if context else "")
 
 
 def print_scan_table(result: ScanResult, out: Console) -> None:
     if result.findings:
-        out.print(findings_table(result.findings, f"{len(result.findings)} image references the policy would refuse"))
+        out.print(f"{len(result.findings)} image references the policy would refuse:", style="bold")
+        for f in result.findings:
+            out.print("  " + finding_line(f), markup=False)
     if result.warnings:
-        out.print(findings_table(result.warnings, f"{len(result.warnings)} images outside pod specs "
-                                                  f"(refused later, when an operator creates the pod)"))
+        out.print(f"{len(result.warnings)} images outside pod specs (refused later, when an operator creates the pod):",
+                  style="bold")
+        for w in result.warnings:
+            out.print(f"  {w.location()}: {w.image}: {w.reason}", markup=False)
     for error in result.errors:
-        out.print(f"[red]error[/red]: {error}", markup=True)
+        out.print(f"error: {error}", markup=False, style="red")
     out.print(f"{result.files} files scanned: {len(result.findings)} findings, "
               f"{len(result.warnings)} warnings, {len(result.errors)} errors.")
 

@@ -103,3 +103,7 @@ def main(config_path: str, check: bool, diff: bool, files: tuple[str, ...]) -> N
     report_rewrite(result, write=write, diff=diff)
     if result.errors or (result.changed and (write or check)):
         sys.exit(EXIT_FINDINGS)
+
+
+if __name__ == "__main__":
+    main()

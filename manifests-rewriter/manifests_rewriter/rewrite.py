@@ -54,9 +54,10 @@ class FileRewrite:
 
     def diff(self) -> str:
         name = self.source.display
+        old, new = (name, name) if name.startswith("/") else (f"a/{name}", f"b/{name}")  # git-style for relative paths
         return "".join(difflib.unified_diff(
             self.source.text.splitlines(keepends=True), self.new_text.splitlines(keepends=True),
-            fromfile=f"a/{name}", tofile=f"b/{name}"))
+            fromfile=old, tofile=new))
 
 
 @dataclass
