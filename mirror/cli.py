@@ -19,13 +19,14 @@ from manifests_rewriter.cli import (
     EXIT_FINDINGS,
     UsageError,
     guarded,
+    lint_policy,
     load,
     naming_only,
     report_rewrite,
 )
 from manifests_rewriter.config import Config
 from manifests_rewriter.model import Mapping
-from manifests_rewriter.policy import Policy, lint
+from manifests_rewriter.policy import Policy
 from manifests_rewriter.reference import ImageRef, ReferenceError, parse
 from manifests_rewriter.rewrite import rewrite_paths
 from manifests_rewriter.scan import ScanResult, scan_paths
@@ -80,11 +81,7 @@ class Session:
         self.policy = self._policy()
         if self.policy.origin != f"config {self.config.path}":
             click.echo(f"policy from {self.policy.origin}", err=True)
-        problems = lint(self.policy, self.config.target_registry, self.to_target)
-        for problem in problems:
-            click.echo(str(problem), err=True)
-        if strict_lint and any(p.level == "error" for p in problems):
-            raise UsageError("the policy and the target naming disagree; nothing was written")
+        self.lint = lint_policy(self.policy, self.config, strict=strict_lint)
 
     def to_target(self, ref: ImageRef) -> ImageRef:
         return naming_only(self.config)(ref)
@@ -390,7 +387,7 @@ def policy_lint(config_path: str, **kwargs: Any) -> None:
     """Weak regexes, and target names the regex would refuse (an error)."""
     cluster = _cluster(kwargs)
     session = Session(config_path, cluster, strict_lint=False)
-    problems = lint(session.policy, session.config.target_registry, session.to_target)
+    problems = session.lint
     if not problems:
         click.echo(f"policy ok: imageRegex {session.policy.image_regex!r} ({session.policy.origin})")
     _exit(2 if any(p.level == "error" for p in problems) else 0)

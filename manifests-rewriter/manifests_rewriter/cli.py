@@ -16,7 +16,7 @@ import click
 
 from .config import Config, ConfigError, load_config
 from .naming import target_for
-from .policy import PolicyError
+from .policy import LintMessage, Policy, PolicyError, lint
 from .reference import ImageRef
 from .rewrite import RewriteResult, rewrite_paths
 
@@ -66,6 +66,18 @@ def naming_only(config: Config) -> Callable[[ImageRef], ImageRef]:
     return lambda ref: target_for(ref, config.target_registry, config.naming)
 
 
+def lint_policy(policy: Policy, config: Config, *, strict: bool = True) -> list[LintMessage]:
+    """Print lint warnings; with `strict`, a target naming the regex refuses stops the run."""
+    problems = lint(policy, config.target_registry, naming_only(config))
+    errors = [p for p in problems if p.level == "error"]
+    for problem in problems:
+        if not (strict and problem in errors):
+            click.echo(str(problem), err=True)
+    if strict and errors:
+        raise UsageError(f"{errors[0].message}; nothing was written")
+    return problems
+
+
 def report_rewrite(result: RewriteResult, *, write: bool, diff: bool) -> None:
     """Print what changed, as black does: 'rewrote' vs 'would rewrite', then a summary."""
     for error in result.errors:
@@ -97,6 +109,7 @@ def main(config_path: str, check: bool, diff: bool, files: tuple[str, ...]) -> N
     """Rewrite container image references in FILES so they pass the allowed-images policy."""
     config = load(config_path)
     policy = config.require_policy()
+    lint_policy(policy, config)
     write = not (check or diff)
     result = rewrite_paths(files, policy, naming_only(config), write=write,
                            max_bytes=config.scan.max_file_bytes, exclude=config.scan.exclude)
