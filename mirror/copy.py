@@ -1,0 +1,458 @@
+"""The copy engine: images from their registries into the target, digests preserved.
+
+Rules (issue 3):
+- manifests are copied byte for byte; an index with every child, or, when `copy.platforms`
+  is set, only those children under a new index (the result's note says the digest changed);
+- blobs before manifests, children before their index, the target tag last: a tag in the
+  target means the whole image (and its signatures) is there;
+- a blob the target repository has is skipped (HEAD); one the run has put in another
+  repository of the target is mounted; each digest is transferred once per run, even when
+  images sharing it run at the same time (a future per digest);
+- blobs stream GET → PUT with bounded memory and their digest checked on the way (the last
+  piece is held back until the digest matches, so a wrong blob is never committed);
+- a source already in the target with the same digest costs one HEAD there;
+- digest-only references get the tag `sha256-<hex>` in the target (ACR retention purges
+  untagged manifests);
+- referrers and cosign `.sig`/`.att`/`.sbom` tags come along when `copy.signatures`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from manifests_rewriter.config import Config
+from manifests_rewriter.model import Mapping
+from manifests_rewriter.reference import ImageRef
+
+from . import retry
+from .registry.client import RegistryClient, Repository
+from .registry.errors import RegistryError
+from .registry.media import Descriptor, Manifest, digest_tag, filter_index
+
+SIGNATURE_SUFFIXES = (".sig", ".att", ".sbom")  # cosign's tags next to an image: sha256-<hex>.sig
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class CopyResult:
+    source: str
+    target: str
+    status: str = "failed"  # copied | present | failed | planned
+    digest: str | None = None  # the source manifest's digest
+    target_digest: str | None = None  # what the target holds; differs only when platforms were filtered
+    platforms: list[str] = field(default_factory=list)
+    bytes_moved: int = 0
+    blobs_copied: int = 0
+    blobs_skipped: int = 0
+    blobs_mounted: int = 0
+    referrers: int = 0  # referrers and signature manifests copied along
+    error: str | None = None
+    note: str | None = None
+    rate_limit: str | None = None
+    seconds: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def add_note(self, text: str) -> None:
+        self.note = f"{self.note}; {text}" if self.note else text
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What copying one mapping means, resolved before anything is written."""
+
+    source_digest: str
+    tag: str  # the tag written in the target
+    target_digest: str  # the digest the target must hold under `tag`
+    manifest: Manifest | None  # the source manifest when it had to be read already
+    top: Manifest | None  # what is written under `tag` when it differs from the source (filtered index)
+    kept: tuple[Descriptor, ...] | None  # children copied when platforms are filtered
+
+
+class _Tally:
+    """Counters of one image, updated from blob workers."""
+
+    def __init__(self, result: CopyResult):
+        self.result = result
+        self.lock = threading.Lock()
+
+    def add(self, outcome: str, size: int) -> None:
+        with self.lock:
+            if outcome == "copied":
+                self.result.blobs_copied += 1
+                self.result.bytes_moved += size
+            elif outcome == "mounted":
+                self.result.blobs_mounted += 1
+            else:
+                self.result.blobs_skipped += 1
+
+
+class CopyEngine:
+    """Copies mappings (source ImageRef → target ImageRef). Thread-safe; one per run, so
+    the knowledge of where each digest lives in the target is shared by all its images."""
+
+    def __init__(self, config: Config, *, credentials: Callable[[str], Any] | None = None,
+                 progress: Progress | None = None):
+        self.config = config
+        self.settings = config.copy
+        self._credentials = credentials or _default_credentials(config)
+        self._progress = progress
+        self._lock = threading.Lock()
+        self._clients: dict[str, RegistryClient] = {}
+        self._blob_pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="blob")
+        self._where: dict[tuple[str, str], set[str]] = {}  # (target host, digest) -> repositories holding it
+        self._in_flight: dict[tuple[str, str], Future[str]] = {}
+        self._manifests_done: set[tuple[str, str, str]] = set()  # (host, repository, digest) put this run
+        self._source_tags: dict[tuple[str, str], Future[set[str]]] = {}
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def client(self, host: str) -> RegistryClient:
+        with self._lock:
+            client = self._clients.get(host)
+            if client is None:
+                client = RegistryClient(
+                    host, self.config.registry(host), credentials=self._credentials(host),
+                    timeout=self.settings.timeout, retries=self.settings.retries,
+                    max_in_flight=self.settings.per_registry_limit,
+                )
+                self._clients[host] = client
+            return client
+
+    def copy(self, mapping: Mapping) -> CopyResult:
+        """Copy one image (all it references) and report; never raises for a registry failure."""
+        result = CopyResult(str(mapping.source), str(mapping.target))
+        started = time.monotonic()
+        self._emit("start", {"source": result.source, "target": result.target})
+        try:
+            self._copy(mapping, result)
+        except Exception as exc:  # one failing image must not stop the others
+            result.status = "failed"
+            result.error = _describe(exc, f"copy {mapping.source} to {mapping.target}")
+        result.seconds = round(time.monotonic() - started, 3)
+        result.rate_limit = self._rate_limit(mapping)
+        self._emit("done", result.as_json())
+        return result
+
+    def copy_all(self, mappings: Sequence[Mapping], *, fail_fast: bool = False) -> list[CopyResult]:
+        """Copy many images with `copy.concurrency` at a time; results in the input order."""
+        stop = threading.Event()
+
+        def run(mapping: Mapping) -> CopyResult:
+            if stop.is_set():
+                return CopyResult(str(mapping.source), str(mapping.target),
+                                  error="not attempted: an earlier image failed (fail-fast)")
+            result = self.copy(mapping)
+            if fail_fast and result.status == "failed":
+                stop.set()
+            return result
+
+        with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="image") as pool:
+            return list(pool.map(run, mappings))
+
+    def status(self, mapping: Mapping) -> CopyResult:
+        """Dry run: the source digest, and whether the target already holds it ("present") or
+        would get it ("planned"). Reads only."""
+        result = CopyResult(str(mapping.source), str(mapping.target))
+        try:
+            src = self._repo(mapping.source)
+            dst = self._repo(mapping.target)
+            plan = self._plan(mapping, src, result)
+            result.status = "present" if self._present(dst, plan) else "planned"
+        except Exception as exc:
+            result.status = "failed"
+            result.error = _describe(exc, f"check {mapping.source} against {mapping.target}")
+        result.rate_limit = self._rate_limit(mapping)
+        return result
+
+    def verify(self, mapping: Mapping, digest: str | None = None) -> bool:
+        """Whether the target holds `digest` (default: the source's current digest) under the
+        mapping's target tag, or by digest for a digest-only target. Registry failures other
+        than absence raise RegistryError."""
+        dst = self._repo(mapping.target)
+        if digest is None:
+            digest = mapping.source.digest or self._source_digest(self._repo(mapping.source), mapping.source)
+        if mapping.target.tag or not mapping.target.digest:
+            info = dst.head_manifest(mapping.target.effective_tag)
+            return info is not None and info.digest == digest
+        return dst.head_manifest(digest) is not None
+
+    def close(self) -> None:
+        self._blob_pool.shutdown(wait=True)
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
+
+    def __enter__(self) -> CopyEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- one image ------------------------------------------------------------------------------
+
+    def _repo(self, ref: ImageRef, *, push: bool = False) -> Repository:
+        return self.client(ref.registry).repo(ref.repository, push=push)
+
+    def _source_digest(self, src: Repository, ref: ImageRef) -> str:
+        info = src.head_manifest(ref.reference)
+        if info is None:
+            raise RegistryError(f"HEAD manifest {ref}", 404, ("MANIFEST_UNKNOWN",), "not found at the source")
+        return info.digest or src.get_manifest(ref.reference).digest  # a HEAD without Docker-Content-Digest
+
+    def _plan(self, mapping: Mapping, src: Repository, result: CopyResult) -> _Plan:
+        source, target = mapping.source, mapping.target
+        digest = source.digest or self._source_digest(src, source)
+        result.digest = digest
+        tag = target.tag or (digest_tag(digest) if target.digest else "latest")
+        manifest = top = None
+        kept = None
+        if self.settings.platforms:
+            manifest = src.get_manifest(digest)  # the new index's digest depends on its bytes
+            if manifest.is_index:
+                top, children = filter_index(manifest, self.settings.platforms)
+                if not top.platforms and manifest.platforms:
+                    raise RegistryError(f"filter {source} to {', '.join(self.settings.platforms)}",
+                                        message=f"no such platform (it has {', '.join(manifest.platforms)})")
+                kept = tuple(children)
+                if top.digest == manifest.digest:
+                    top = None
+                else:
+                    result.add_note(f"platforms filtered to {', '.join(top.platforms)}: the target holds a new "
+                                    f"index {top.digest} instead of {digest}")
+        result.target_digest = top.digest if top else digest
+        return _Plan(digest, tag, result.target_digest, manifest, top, kept)
+
+    def _present(self, dst: Repository, plan: _Plan) -> bool:
+        info = dst.head_manifest(plan.tag)
+        return info is not None and info.digest == plan.target_digest
+
+    def _copy(self, mapping: Mapping, result: CopyResult) -> None:
+        src = self._repo(mapping.source)
+        dst = self._repo(mapping.target, push=True)
+        plan = self._plan(mapping, src, result)
+        if self._present(dst, plan):
+            result.status = "present"
+            return
+        manifest = plan.manifest or src.get_manifest(plan.source_digest)
+        top = plan.top or manifest
+        result.platforms = list(top.platforms)
+        tally = _Tally(result)
+        self._copy_contents(tally, src, dst, manifest, plan.kept)
+        if plan.top is not None:
+            result.add_note("children and blobs of the source index outside the platforms were not copied")
+        if self.settings.signatures:
+            companions = self._discover_companions(src, manifest, plan.kept, result)
+            if companions:
+                # The image by digest first: referrers may need their subject to exist.
+                self._put(dst, top.digest, top)
+                result.referrers += self._copy_companions(tally, src, dst, companions, plan.tag, result)
+        self._put(dst, plan.tag, top)  # the tag last: its presence means the whole image is there
+        result.status = "copied"
+
+    def _put(self, dst: Repository, reference: str, manifest: Manifest) -> None:
+        dst.put_manifest(reference, manifest.raw, manifest.media_type)
+        with self._lock:
+            self._manifests_done.add((dst.client.host, dst.name, manifest.digest))
+
+    def _copy_contents(self, tally: _Tally, src: Repository, dst: Repository, manifest: Manifest,
+                       children: Sequence[Descriptor] | None = None) -> None:
+        """Everything `manifest` references (not the manifest itself): children or blobs."""
+        if manifest.is_index:
+            for child in manifest.children if children is None else children:
+                self._ensure_manifest(tally, src, dst, child)
+            return
+        blobs = [b for b in manifest.blobs if not b.urls]  # foreign layers stay where their URLs say
+        if len(manifest.blobs) != len(blobs):
+            tally.result.add_note("foreign layers (with urls) were not copied")
+        futures = [self._blob_pool.submit(self._ensure_blob, tally, src, dst, blob) for blob in blobs]
+        errors = [f.exception() for f in futures]  # wait for all, so none runs on after a failure
+        for error in errors:
+            if error is not None:
+                raise error
+
+    def _ensure_manifest(self, tally: _Tally, src: Repository, dst: Repository, desc: Descriptor) -> None:
+        """A child manifest (by digest) with its contents, unless the target repository has it."""
+        key = (dst.client.host, dst.name, desc.digest)
+        with self._lock:
+            if key in self._manifests_done:
+                return
+        if dst.head_manifest(desc.digest) is None:
+            child = src.get_manifest(desc.digest)
+            self._copy_contents(tally, src, dst, child)
+            dst.put_manifest(desc.digest, child.raw, child.media_type)
+        with self._lock:
+            self._manifests_done.add(key)
+
+    # -- blobs ------------------------------------------------------------------------------------
+
+    def _ensure_blob(self, tally: _Tally, src: Repository, dst: Repository, desc: Descriptor) -> None:
+        """Make the target repository hold the blob: skip, mount or transfer; once per digest."""
+        key = (dst.client.host, desc.digest)
+        while True:
+            with self._lock:
+                holders = set(self._where.get(key, ()))
+                pending = self._in_flight.get(key)
+                if dst.name in holders:
+                    tally.add("skipped", desc.size)
+                    return
+                if pending is None:
+                    mine: Future[str] = Future()
+                    self._in_flight[key] = mine
+                    break
+            with contextlib.suppress(Exception):
+                pending.result()  # then look again: mount from where it went, or claim it if it failed
+        try:
+            outcome = self._place_blob(src, dst, desc, sorted(holders))
+        except BaseException as exc:
+            with self._lock:
+                del self._in_flight[key]
+            mine.set_exception(exc)
+            raise
+        with self._lock:  # one step, so a waiter sees either the transfer pending or its result
+            self._where.setdefault(key, set()).add(dst.name)
+            del self._in_flight[key]
+        mine.set_result(outcome)
+        tally.add(outcome, desc.size)
+        self._emit("blob", {"digest": desc.digest, "size": desc.size, "outcome": outcome,
+                            "target": f"{dst.client.host}/{dst.name}"})
+
+    def _place_blob(self, src: Repository, dst: Repository, desc: Descriptor, holders: list[str]) -> str:
+        if src.client is dst.client and src.name != dst.name:
+            holders.append(src.name)  # same registry: mount straight from the source repository
+        location = None
+        if holders:
+            location = self._retry(lambda: dst.start_upload(mount=desc.digest, from_repo=holders[0]))
+            if location is None:
+                return "mounted"
+        elif dst.head_blob(desc.digest) is not None:
+            return "skipped"
+        self._transfer(src, dst, desc, location)
+        return "copied"
+
+    def _transfer(self, src: Repository, dst: Repository, desc: Descriptor, location: str | None) -> None:
+        """Stream one blob GET → PUT; retried as a whole (a fresh upload each attempt)."""
+        started = [location]
+
+        def attempt() -> None:
+            upload = started.pop() if started else None
+            with _slots(src.client, dst.client), src.open_blob(desc.digest, desc.size) as blob:
+                upload = upload or dst.start_upload()
+                assert upload is not None
+                try:
+                    dst.upload_blob(desc.digest, blob.size, blob.chunks(), location=upload)
+                except BaseException:
+                    dst.cancel_upload(upload)
+                    raise
+
+        self._retry(attempt)
+
+    def _retry(self, fn: Callable[[], Any]) -> Any:
+        return retry.call(fn, retries=self.settings.retries)
+
+    # -- signatures and referrers ---------------------------------------------------------------
+
+    def _tags_of(self, src: Repository) -> set[str]:
+        """The source repository's tags, listed once per run."""
+        key = (src.client.host, src.name)
+        with self._lock:
+            future = self._source_tags.get(key)
+            owner = future is None
+            if owner:
+                future = self._source_tags[key] = Future()
+        assert future is not None
+        if owner:
+            try:
+                future.set_result(set(src.tags()))
+            except BaseException as exc:
+                future.set_exception(exc)
+        return future.result()
+
+    def _discover_companions(self, src: Repository, manifest: Manifest, kept: Sequence[Descriptor] | None,
+                             result: CopyResult) -> list[str | Descriptor]:
+        """Signature tags and referrers of the image and of its children copied: a tag name
+        to copy as is, or a referrer's descriptor to copy by digest."""
+        children = manifest.children if kept is None else kept
+        digests = [manifest.digest, *(c.digest for c in children)]
+        try:
+            tags = self._tags_of(src)
+        except RegistryError as exc:
+            result.add_note(f"signatures not looked for: {exc}")
+            return []
+        found: list[str | Descriptor] = []
+        for digest in digests:
+            base = digest_tag(digest)
+            found += [base + s for s in SIGNATURE_SUFFIXES if base + s in tags]
+            referrers = src.referrers(digest)
+            if referrers is not None:
+                found += referrers
+            elif base in tags:
+                found.append(base)  # the tag schema: an index listing the referrers
+        return found
+
+    def _copy_companions(self, tally: _Tally, src: Repository, dst: Repository,
+                         companions: list[str | Descriptor], image_tag: str,
+                         result: CopyResult) -> int:
+        copied = 0
+        for item in companions:
+            if isinstance(item, Descriptor):
+                self._ensure_manifest(tally, src, dst, item)
+                copied += 1
+                continue
+            manifest = src.get_manifest(item)
+            self._copy_contents(tally, src, dst, manifest)
+            if item == image_tag:
+                # A digest-only image is pinned by the tag the referrers tag schema also uses;
+                # the pin wins (ACR serves the referrers API and does not need the index).
+                result.add_note(f"referrers copied, but their index is not tagged {item}: that tag pins the image")
+            else:
+                self._put(dst, item, manifest)
+            copied += len(manifest.children) if manifest.is_index else 1
+        return copied
+
+    # -- plumbing -----------------------------------------------------------------------------------
+
+    def _rate_limit(self, mapping: Mapping) -> str | None:
+        with self._lock:
+            client = self._clients.get(mapping.source.registry)
+        return client.rate_limit if client else None
+
+    def _emit(self, event: str, data: dict[str, Any]) -> None:
+        if self._progress is not None:
+            with contextlib.suppress(Exception):  # a broken display must not fail a copy
+                self._progress(event, data)
+
+
+@contextlib.contextmanager
+def _slots(*clients: RegistryClient) -> Iterator[None]:
+    """Request slots on several hosts, taken in one global order so two transfers in opposite
+    directions cannot each hold one host and wait for the other."""
+    with contextlib.ExitStack() as stack:
+        for client in sorted(set(clients), key=lambda c: c.host):
+            stack.enter_context(client.slot())
+        yield
+
+
+def _describe(exc: BaseException, doing: str) -> str:
+    if isinstance(exc, RegistryError):
+        return str(exc)
+    if type(exc).__name__ == "CredentialError":
+        return f"{doing}: {exc}"
+    return f"{doing}: {type(exc).__name__}: {exc}"
+
+
+def _default_credentials(config: Config) -> Callable[[str], Any]:
+    from .registry.credentials import credentials_for  # Docker config, helpers, env, Entra ID
+
+    def lookup(host: str) -> Any:
+        return credentials_for(host, config.registry(host))
+
+    return lookup

@@ -1,0 +1,189 @@
+"""Registry authentication: the WWW-Authenticate challenge, Basic, and Bearer tokens.
+
+Token flows (distribution token spec, OAuth2 for ACR):
+- GET <realm>?service=&scope=... with Basic credentials, or anonymously;
+- POST <realm> grant_type=refresh_token when the credentials carry a refresh token
+  (ACR: an Entra ID token exchanged at /oauth2/exchange by the credentials provider).
+Tokens are cached per scope set and reused until shortly before `expires_in` runs out.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .errors import RegistryError, status_error
+
+DEFAULT_TOKEN_LIFETIME = 60.0  # distribution token spec: assume 60 s when expires_in is absent
+_EXPIRY_MARGIN = 10.0  # refresh this long before expiry (clock skew, request time)
+
+
+class BasicLike(Protocol):
+    username: str
+    password: str
+
+
+class CredentialsLike(Protocol):
+    """What mirror.registry.credentials.Credentials provides for one registry host."""
+
+    basic: BasicLike | None
+
+    def refresh_token(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Challenge:
+    scheme: str  # "basic" | "bearer" (lower case)
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def realm(self) -> str | None:
+        return self.params.get("realm")
+
+
+_PARAM = re.compile(r'\s*([A-Za-z0-9_.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]*))\s*,?')
+
+
+def parse_challenges(header: str | None) -> list[Challenge]:
+    """Parse a WWW-Authenticate value: `Bearer realm="...",service="...",scope="..."`.
+
+    Several challenges may be separated by commas; a new one starts at a bare token
+    followed by a space (the scheme)."""
+    challenges: list[Challenge] = []
+    text = (header or "").strip()
+    while text:
+        scheme_match = re.match(r"([A-Za-z][A-Za-z0-9_-]*)(?:\s+|$)", text)
+        if not scheme_match:
+            break
+        scheme, text = scheme_match.group(1).lower(), text[scheme_match.end():]
+        params: dict[str, str] = {}
+        while text:
+            if re.match(r"[A-Za-z][A-Za-z0-9_-]*\s+[A-Za-z0-9_.-]+\s*=", text) or re.match(r"[A-Za-z][A-Za-z0-9_-]*\s*$", text):
+                break  # the next challenge's scheme
+            match = _PARAM.match(text)
+            if not match or not match.group(0):
+                break
+            value = match.group(2) if match.group(2) is not None else match.group(3)
+            params[match.group(1).lower()] = re.sub(r"\\(.)", r"\1", value or "")
+            text = text[match.end():].lstrip(", ")
+        challenges.append(Challenge(scheme, params))
+    return challenges
+
+
+def scope(repository: str, actions: str) -> str:
+    return f"repository:{repository}:{actions}"
+
+
+def basic_header(username: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+
+
+@dataclass
+class _Token:
+    value: str
+    expires_at: float
+
+
+# A token request: (method, url, form or query params, headers) -> (status, json body or None, raw)
+TokenSender = Callable[[str, str, dict[str, Any], dict[str, str]], tuple[int, Any, bytes]]
+
+
+class Authenticator:
+    """Authorization headers for one registry host; thread-safe, tokens cached per scope."""
+
+    def __init__(self, host: str, credentials: CredentialsLike | None, send: TokenSender,
+                 clock: Callable[[], float] = time.monotonic):
+        self.host = host
+        self.credentials = credentials
+        self._send = send
+        self._clock = clock
+        self._challenge: Challenge | None = None
+        self._tokens: dict[tuple[str, ...], _Token] = {}
+        self._lock = threading.Lock()
+        self._fetch_locks: dict[tuple[str, ...], threading.Lock] = {}
+        self.token_requests = 0
+
+    @property
+    def challenge(self) -> Challenge | None:
+        return self._challenge
+
+    def set_challenge(self, header: str | None) -> None:
+        """Remember how the registry wants to be authenticated (from a 401's WWW-Authenticate)."""
+        for challenge in parse_challenges(header):
+            if challenge.scheme in ("bearer", "basic"):
+                self._challenge = challenge
+                return
+
+    def authorization(self, scopes: tuple[str, ...]) -> str | None:
+        """The Authorization header value for a request needing `scopes`, or None (anonymous)."""
+        challenge = self._challenge
+        if challenge is None:
+            return None
+        basic = self.credentials.basic if self.credentials else None
+        if challenge.scheme == "basic":
+            return basic_header(basic.username, basic.password) if basic else None
+        return "Bearer " + self._token(tuple(sorted(set(scopes))))
+
+    def invalidate(self, scopes: tuple[str, ...]) -> None:
+        with self._lock:
+            self._tokens.pop(tuple(sorted(set(scopes))), None)
+
+    def _token(self, key: tuple[str, ...]) -> str:
+        with self._lock:
+            token = self._tokens.get(key)
+            if token and token.expires_at > self._clock():
+                return token.value
+            fetch_lock = self._fetch_locks.setdefault(key, threading.Lock())
+        with fetch_lock:  # one fetch per scope even when many threads need it at once
+            with self._lock:
+                token = self._tokens.get(key)
+                if token and token.expires_at > self._clock():
+                    return token.value
+            token = self._fetch(key)
+            with self._lock:
+                self._tokens[key] = token
+            return token.value
+
+    def _fetch(self, scopes: tuple[str, ...]) -> _Token:
+        challenge = self._challenge
+        assert challenge is not None
+        realm = challenge.realm
+        operation = f"get a token from {self.host}"
+        if not realm:
+            raise RegistryError(operation, message="the Bearer challenge has no realm")
+        service = challenge.params.get("service")
+        refresh = self.credentials.refresh_token() if self.credentials else None
+        basic = self.credentials.basic if self.credentials else None
+        started = self._clock()
+        self.token_requests += 1
+        if refresh:
+            form: dict[str, Any] = {"grant_type": "refresh_token", "refresh_token": refresh,
+                                    "scope": " ".join(scopes)}
+            if service:
+                form["service"] = service
+            status, body, raw = self._send("POST", realm, form, {})
+        else:
+            params: dict[str, Any] = {"scope": list(scopes)}
+            if service:
+                params["service"] = service
+            headers = {"Authorization": basic_header(basic.username, basic.password)} if basic else {}
+            status, body, raw = self._send("GET", realm, params, headers)
+        if status != 200:
+            error = status_error(operation, status, raw)
+            if status in (401, 403):
+                error = RegistryError(operation, status, error.codes or ("UNAUTHORIZED",),
+                                      error.message or "the token server refused the credentials")
+            raise error
+        value = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
+        if not isinstance(value, str) or not value:
+            raise RegistryError(operation, status, message="the token server answered without a token")
+        lifetime = body.get("expires_in")
+        if not isinstance(lifetime, int | float) or isinstance(lifetime, bool) or lifetime <= 0:
+            lifetime = DEFAULT_TOKEN_LIFETIME
+        margin = min(_EXPIRY_MARGIN, lifetime / 4)
+        return _Token(value, started + lifetime - margin)

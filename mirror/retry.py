@@ -1,0 +1,54 @@
+"""The single place where failed registry operations are retried (tenacity).
+
+Retried: 429 (honouring Retry-After), 5xx, connection resets and timeouts, i.e. a
+RegistryError with `retryable` set. Never retried: 401/403/404 and the OCI codes
+UNAUTHORIZED, DENIED, NAME_UNKNOWN, MANIFEST_UNKNOWN, BLOB_UNKNOWN (RegistryError marks
+those not retryable). Callers retry at one level only: an idempotent request, or a
+whole blob transfer, never both nested.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+import tenacity
+
+from .registry.errors import RegistryError
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+MAX_RETRY_AFTER = 60.0  # a registry asking for longer is treated as a failure of this attempt's budget
+_backoff = tenacity.wait_exponential_jitter(initial=0.25, max=8.0, jitter=0.25)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, RegistryError) and exc.retryable
+
+
+def _wait(state: tenacity.RetryCallState) -> float:
+    exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, RegistryError) and exc.retry_after is not None:
+        return min(exc.retry_after, MAX_RETRY_AFTER)
+    return _backoff(state)
+
+
+def _log(state: tenacity.RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    log.info("retrying (attempt %d) after: %s", state.attempt_number, exc)
+
+
+def call(fn: Callable[[], T], *, retries: int, sleep: Callable[[float], None] | None = None) -> T:
+    """Run fn, retrying retryable RegistryErrors up to `retries` more times; the last error is raised."""
+    kwargs = {"sleep": sleep} if sleep is not None else {}
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(is_retryable),
+        stop=tenacity.stop_after_attempt(max(1, retries + 1)),
+        wait=_wait,
+        before_sleep=_log,
+        reraise=True,
+        **kwargs,
+    )
+    return retrying(fn)
