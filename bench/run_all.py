@@ -1,0 +1,42 @@
+"""`make bench`: every benchmark in one run, each in its own process, printed side by side.
+
+Scan throughput vs a plain PyYAML parse; sync wall time vs skopeo and the Docker path,
+bytes moved, no-op re-sync, peak RSS; cluster scan vs a plain list-everything script.
+Pass names to run only some: `python bench/run_all.py scan sync`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BENCHES = {"scan": "bench_scan.py", "sync": "bench_sync.py", "docker": "bench_docker.py", "cluster": "bench_cluster.py"}
+
+
+def main() -> int:
+    wanted = sys.argv[1:] or list(BENCHES)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "manifests-rewriter")])}
+    failed = []
+    for name in wanted:
+        script = HERE / BENCHES[name]
+        if not script.exists():
+            print(f"\n# {name}: {script.name} not present, skipped")
+            continue
+        print(f"\n# {name} ({script.name})", flush=True)
+        start = time.perf_counter()
+        code = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env).returncode
+        print(f"({name}: {time.perf_counter() - start:.0f} s, exit {code})", flush=True)
+        if code:
+            failed.append(name)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
