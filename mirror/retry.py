@@ -21,7 +21,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER = 60.0  # a registry asking for longer is treated as a failure of this attempt's budget
-_backoff = tenacity.wait_exponential_jitter(initial=0.25, max=8.0, jitter=0.25)
+_backoff = tenacity.wait_exponential_jitter(multiplier=0.25, max=8.0, jitter=0.25)
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -149,6 +149,14 @@ class Authenticator:
                 self._tokens[key] = token
             return token.value
 
+    def _post_refresh(self, realm: str, service: str | None, scopes: tuple[str, ...],
+                      refresh: str | None) -> tuple[int, Any, bytes]:
+        form: dict[str, Any] = {"grant_type": "refresh_token", "refresh_token": refresh or "",
+                                "scope": " ".join(scopes)}
+        if service:
+            form["service"] = service
+        return self._send("POST", realm, form, {})
+
     def _fetch(self, scopes: tuple[str, ...]) -> _Token:
         challenge = self._challenge
         assert challenge is not None
@@ -162,11 +170,11 @@ class Authenticator:
         started = self._clock()
         self.token_requests += 1
         if refresh:
-            form: dict[str, Any] = {"grant_type": "refresh_token", "refresh_token": refresh,
-                                    "scope": " ".join(scopes)}
-            if service:
-                form["service"] = service
-            status, body, raw = self._send("POST", realm, form, {})
+            status, body, raw = self._post_refresh(realm, service, scopes, refresh)
+            invalidate = getattr(self.credentials, "invalidate", None)
+            if status == 401 and invalidate is not None:
+                invalidate()  # an exchanged refresh token the realm no longer takes: exchange anew, once
+                status, body, raw = self._post_refresh(realm, service, scopes, self.credentials.refresh_token())
         else:
             params: dict[str, Any] = {"scope": list(scopes)}
             if service:

@@ -504,11 +504,11 @@ class Repository:
 
     # -- listings --------------------------------------------------------------------------
 
-    def tags(self) -> list[str]:
+    def tags(self, page_size: int = TAG_PAGE) -> list[str]:
         """All tags, following the Link header's pagination."""
         operation = f"list tags of {self.client.host}/{self.name}"
         tags: list[str] = []
-        path: str | None = f"/v2/{self.name}/tags/list?n={TAG_PAGE}"
+        path: str | None = f"/v2/{self.name}/tags/list?n={page_size}"
         while path:
             def attempt(path: str = path) -> httpx.Response:
                 response = self._send("GET", path, operation)
