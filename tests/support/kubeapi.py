@@ -317,7 +317,8 @@ class KubeAPI:
         handler = type("Handler", (_Handler,), {"api": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="kubeapi", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
+                                        name="kubeapi", daemon=True)
         self._thread.start()
         return self
 
@@ -879,7 +880,8 @@ def strategic_merge_patch(original: Any, patch: Any) -> Any:
         merge_key = MERGE_KEYS.get(key)
         if isinstance(items, list) and merge_key:
             rank = {(o.get(merge_key) if isinstance(o, dict) else o): i for i, o in enumerate(order)}
-            items.sort(key=lambda item: rank.get(item.get(merge_key) if isinstance(item, dict) else item, len(rank)))
+            result[key] = sorted(items, key=lambda item: rank.get(item.get(merge_key) if isinstance(item, dict)
+                                                            else item, len(rank)))
     return result
 
 
@@ -968,6 +970,7 @@ class _Handler(BaseHTTPRequestHandler):
     api: KubeAPI
     protocol_version = "HTTP/1.1"
     server_version = "kubeapi-served"
+    disable_nagle_algorithm = True  # headers and body go out at once: no 40 ms delayed-ACK stalls
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         pass

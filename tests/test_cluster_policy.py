@@ -1,0 +1,193 @@
+"""The policy from the cluster's Gatekeeper constraints, or from an Azure Policy assignment."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from manifests_rewriter.config import parse_config
+from manifests_rewriter.naming import target_for
+from manifests_rewriter.policy import Policy, PolicyError
+from mirror.cluster.policy_source import (
+    DEFINITION_EXCLUDED_NAMESPACES,
+    PolicySourceError,
+    StrictPolicy,
+    policy_from_assignment,
+    policy_from_cluster,
+    policy_from_constraints,
+)
+from mirror.cluster.scan import connect, scan_cluster
+from tests.support.kubeapi import RESOURCES, KubeAPI, constraint, make_cluster
+
+REGEX = r"^crazureblue\.azurecr\.io/.+$"
+
+
+def client_for(api: KubeAPI, tmp_path: Any) -> Any:
+    return connect(str(api.write_kubeconfig(tmp_path / "kubeconfig")))
+
+
+def comparable(findings: list[Any]) -> list[tuple[Any, ...]]:
+    return [(f.kind, f.namespace, f.name, f.container, f.image, f.target, f.digest, f.path) for f in findings]
+
+
+def test_policy_from_cluster_findings_equal_those_from_config(tmp_path: Any) -> None:
+    cluster = make_cluster(240, 5, constraint_regex=REGEX, enforcement_action="dryrun")
+    config = parse_config({"target": {"registry": "crazureblue.azurecr.io"},
+                           "policy": {"imageRegex": REGEX,
+                                      "excludedNamespaces": ["kube-system", "gatekeeper-system", "azure-arc"],
+                                      "excludedContainers": []}}, "config.yaml")
+    with KubeAPI(cluster.objects) as api:
+        client = client_for(api, tmp_path)
+        from_cluster = policy_from_cluster(client)
+        assert from_cluster.origin == ("cluster constraint azurepolicy-k8sazurev2containerallowedimag-"
+                                       "8b5c1d0f6a2e4b3c9d7e (enforcementAction dryrun)")
+        assert (from_cluster.image_regex, from_cluster.excluded_namespaces, from_cluster.excluded_containers) == (
+            config.policy.image_regex, config.policy.excluded_namespaces, config.policy.excluded_containers)
+
+        def to_target(ref):  # type: ignore[no-untyped-def]
+            return target_for(ref, config.target_registry, config.naming)
+
+        live = scan_cluster(client, from_cluster, to_target=to_target)
+        configured = scan_cluster(client, config.policy, to_target=to_target)
+    assert live.findings and comparable(live.findings) == comparable(configured.findings)
+    assert all("cluster constraint" in f.reason for f in live.findings)
+
+
+def test_enforcement_action_defaults_to_deny_and_excluded_containers(tmp_path: Any) -> None:
+    c = constraint("allowed-images", REGEX, excluded_namespaces=["kube-*"], excluded_containers=["istio-proxy"],
+                   enforcement_action=None)
+    with KubeAPI([c]) as api:
+        policy = policy_from_cluster(client_for(api, tmp_path))
+    assert policy.origin == "cluster constraint allowed-images (enforcementAction deny)"
+    assert policy.excluded_containers == ("istio-proxy",) and policy.namespace_excluded("kube-public")
+    assert not policy.refuses("nginx:1", container="istio-proxy")
+
+
+def test_several_constraints_same_regex_combine_exclusions_strictly() -> None:
+    notes: list[str] = []
+    a = constraint("a", REGEX, excluded_namespaces=["kube-system", "monitoring"], excluded_containers=["x", "y"],
+                   enforcement_action="deny")
+    b = constraint("b", REGEX, excluded_namespaces=["kube-system"], excluded_containers=["y"],
+                   enforcement_action="dryrun")
+    b["spec"]["match"]["namespaces"] = ["shop"]
+    policy = policy_from_constraints([b, a], notes)
+    assert isinstance(policy, StrictPolicy)
+    assert policy.excluded_namespaces == ("kube-system",) and policy.excluded_containers == ("y",)
+    assert policy.origin == ("cluster constraints a (enforcementAction deny), b (enforcementAction dryrun), "
+                             "combined: refused when any refuses")
+    assert policy.refuses("nginx:1", namespace="monitoring")  # b does not exclude it
+    assert policy.refuses("nginx:1", container="x")  # nor this container
+    assert not policy.refuses("nginx:1", container="y") and not policy.refuses("nginx:1", namespace="kube-system")
+    assert not policy.refuses("crazureblue.azurecr.io/app:1", namespace="monitoring")
+    assert any("match.namespaces" in n for n in notes)
+    # identical constraints (e.g. assigned twice) are one plain Policy
+    same = policy_from_constraints([constraint("c1", REGEX, excluded_namespaces=["kube-system"]),
+                                    constraint("c2", REGEX, excluded_namespaces=["kube-system"])])
+    assert type(same) is Policy and same.excluded_namespaces == ("kube-system",)
+    assert same.origin.startswith("cluster constraints c1 (enforcementAction deny), c2")
+
+
+def test_several_constraints_different_regexes_must_all_match() -> None:
+    a = constraint("a", r"^crazureblue\.azurecr\.io/", excluded_namespaces=["kube-system"])
+    b = constraint("b", r"^[^/]+/team/", excluded_namespaces=["kube-system", "sandbox"])
+    policy = policy_from_constraints([a, b])
+    assert isinstance(policy, StrictPolicy)
+    assert not policy.refuses("crazureblue.azurecr.io/team/app:1")
+    assert policy.refuses("crazureblue.azurecr.io/other/app:1")  # b refuses
+    assert policy.refuses("docker.io/team/app:1")  # a refuses
+    assert not policy.refuses("nginx", namespace="kube-system")  # both exclude it
+    assert not policy.refuses("crazureblue.azurecr.io/other/app:1", namespace="sandbox")  # b excludes sandbox
+    assert policy.refuses("docker.io/other/app:1", namespace="sandbox")  # a still applies there
+    assert not policy.refuses("docker.io/x/app:1", namespace="kube-system")
+    assert policy.namespace_excluded("kube-system") and not policy.namespace_excluded("sandbox")
+
+
+def test_no_constraint_missing_kind_and_bad_constraints_are_one_line_errors(tmp_path: Any) -> None:
+    with KubeAPI([]) as api, pytest.raises(PolicySourceError, match="no K8sAzureV2ContainerAllowedImages constraint"):
+        policy_from_cluster(client_for(api, tmp_path))
+
+    class NoGatekeeper(KubeAPI):
+        def _parse_resource_path(self, parts: list[str]) -> Any:
+            resource = super()._parse_resource_path(parts)
+            if resource[0].custom:
+                from tests.support.kubeapi import APIError
+
+                raise APIError(404, "NotFound", "the server could not find the requested resource")
+            return resource
+
+    with NoGatekeeper([]) as api, pytest.raises(PolicySourceError, match="not installed") as info:
+        policy_from_cluster(client_for(api, tmp_path))
+    assert "\n" not in str(info.value) and isinstance(info.value, PolicyError)
+    with pytest.raises(PolicySourceError, match="has no spec.parameters.imageRegex"):
+        policy_from_constraints([{"metadata": {"name": "c"}, "spec": {"parameters": {}}}])
+    with pytest.raises(PolicySourceError, match="constraint c: imageRegex"):
+        policy_from_constraints([constraint("c", "(unclosed")])
+    bad = constraint("c", REGEX)
+    bad["spec"]["match"]["excludedNamespaces"] = "kube-system"
+    with pytest.raises(PolicySourceError, match="excludedNamespaces: must be a list of strings"):
+        policy_from_constraints([bad])
+    assert any(r.kind == "K8sAzureV2ContainerAllowedImages" for r in RESOURCES)
+
+
+AZ_SHOW = {
+    "id": "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ContainerService/managedClusters/aks/"
+          "providers/Microsoft.Authorization/policyAssignments/allowed-images",
+    "name": "allowed-images",
+    "properties": {
+        "displayName": "Kubernetes cluster containers should only use allowed images",
+        "policyDefinitionId": "/providers/Microsoft.Authorization/policyDefinitions/febd0533-8e55-448f-b837-bd0e06f16469",
+        "parameters": {
+            "allowedContainerImagesRegex": {"value": REGEX},
+            "excludedNamespaces": {"value": ["kube-system", "gatekeeper-system", "azure-arc"]},
+            "excludedContainers": {"value": ["istio-proxy"]},
+            "effect": {"value": "Audit"},
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("shape", ["az-show", "flattened", "plain"])
+def test_policy_from_assignment_shapes(tmp_path: Any, shape: str) -> None:
+    params = AZ_SHOW["properties"]["parameters"]  # type: ignore[index]
+    data: dict[str, Any] = {
+        "az-show": AZ_SHOW,
+        "flattened": {"name": "allowed-images", "parameters": params},
+        "plain": {"parameters": {k: v["value"] for k, v in params.items()}},
+    }[shape]
+    path = tmp_path / "assignment.json"
+    path.write_text(json.dumps(data))
+    policy = policy_from_assignment(path)
+    assert policy.image_regex == REGEX
+    assert policy.excluded_namespaces == ("kube-system", "gatekeeper-system", "azure-arc")
+    assert policy.excluded_containers == ("istio-proxy",)
+    assert policy.origin.startswith(f"Azure Policy assignment {path}")
+    assert "effect Audit" in policy.origin
+
+
+def test_assignment_without_excluded_namespaces_uses_the_definition_default(tmp_path: Any) -> None:
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps({"properties": {"parameters": {"allowedContainerImagesRegex": {"value": REGEX}}}}))
+    notes: list[str] = []
+    policy = policy_from_assignment(path, notes=notes)
+    assert policy.excluded_namespaces == DEFINITION_EXCLUDED_NAMESPACES
+    assert notes and "default" in notes[0]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "policy assignment file not found"),
+    ("{not json", "not valid JSON"),
+    ("[]", "must be a JSON object"),
+    (json.dumps({"properties": {"parameters": {"effect": {"value": "Deny"}}}}), "no allowedContainerImagesRegex"),
+    (json.dumps({"parameters": {"allowedContainerImagesRegex": {"value": "(bad"}}}), "not a valid RE2"),
+    (json.dumps({"parameters": {"allowedContainerImagesRegex": "x", "excludedContainers": "y"}}),
+     "excludedContainers: must be a list"),
+])
+def test_assignment_errors_are_one_line(tmp_path: Any, content: str | None, message: str) -> None:
+    path = tmp_path / "assignment.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(PolicySourceError, match=message) as info:
+        policy_from_assignment(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
