@@ -304,3 +304,21 @@ def test_no_kubeconfig_and_not_in_cluster(tmp_path: Any, monkeypatch: pytest.Mon
     monkeypatch.setattr(kc, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / ".kube" / "config"))
     with pytest.raises(ClusterError, match="no kubeconfig"):
         connect()
+
+
+def test_in_cluster_service_account(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kubernetes.config as kc
+    import kubernetes.config.incluster_config as incluster
+
+    token, ca = tmp_path / "token", tmp_path / "ca.crt"
+    token.write_text("sa-token")
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    monkeypatch.setattr(incluster, "SERVICE_TOKEN_FILENAME", str(token))
+    monkeypatch.setattr(incluster, "SERVICE_CERT_FILENAME", str(ca))
+    monkeypatch.setattr(kc, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "none"))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    client = connect()
+    assert client.configuration.host == "https://10.0.0.1:443"
+    assert client.configuration.api_key["BearerToken"] == "bearer sa-token"

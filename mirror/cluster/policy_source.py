@@ -173,7 +173,7 @@ def policy_from_assignment(path: str | Path, *, notes: list[str] | None = None) 
         raise PolicySourceError(f"{path}: the policy assignment is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise PolicySourceError(f"{path}: a policy assignment must be a JSON object")
-    properties = data.get("properties") if isinstance(data.get("properties"), dict) else {}
+    properties: dict[str, Any] = data["properties"] if isinstance(data.get("properties"), dict) else {}
     candidates = [properties.get("parameters"), data.get("parameters"), data]
     parameters = next((c for c in candidates if _param(c, "allowedContainerImagesRegex", "imageRegex") is not None),
                       None)

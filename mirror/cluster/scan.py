@@ -151,20 +151,22 @@ def raw_json(response: Any) -> Any:
 def call_json(api: Any, what: str, call: Callable[..., Any], **kwargs: Any) -> Any:
     """One request through the client, body parsed as JSON; unreachable/unauthorized -> ClusterError."""
     try:
-        return raw_json(call(_preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs))
+        response = call(_preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+        return raw_json(response)
     except ApiException as exc:
         if exc.status == 401:
             raise ClusterError(f"{what}: {server_of(api)} refused the credentials (401 Unauthorized)") from None
         raise
     except (Urllib3Error, OSError) as exc:
         raise ClusterError(f"{what}: cannot reach {server_of(api)}: {_cause(exc)}") from None
-    except ValueError as exc:
-        raise ClusterError(f"{what}: the answer is not JSON: {exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ClusterError(f"{what}: the answer from {server_of(api)} is not JSON: {exc}") from None
 
 
 def _cause(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None)
-    return str(reason or exc)
+    """The useful end of urllib3's nested reasons: "[Errno 111] Connection refused"."""
+    text = str(getattr(exc, "reason", None) or exc)
+    return text.rsplit("): ", 1)[-1] if "): " in text else text
 
 
 def paged(api: Any, what: str, call: Callable[..., Any], *, page_size: int = 500,
