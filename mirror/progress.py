@@ -1,4 +1,8 @@
-"""Progress of a copy: a live rich display on a terminal, plain lines elsewhere (CI logs)."""
+"""Progress of a copy: colour on a terminal, plain lines elsewhere (CI logs).
+
+Engines call `progress(event, info)`: "start" and "done" per image (info: source, target,
+and on done the CopyResult fields: status, error, note, bytes_moved), "blob" per blob.
+"""
 
 from __future__ import annotations
 
@@ -8,45 +12,35 @@ from collections.abc import Callable
 from typing import Any
 
 Progress = Callable[[str, dict[str, Any]], None]
+_STYLE = {"copied": "green", "present": "dim", "failed": "red", "planned": "yellow"}
 
 
-def plain_progress(stream: Any = None) -> Progress:
-    """One line per finished image, so CI logs stay readable."""
-    lock = threading.Lock()
-
-    def emit(event: str, info: dict[str, Any]) -> None:
-        if event not in ("image-done", "image-failed", "image-present"):
-            return
-        line = f"{event.removeprefix('image-')}: {info.get('source', '')} -> {info.get('target', '')}"
-        if info.get("error"):
-            line += f": {info['error']}"
-        with lock:
-            print(line, file=stream or sys.stderr, flush=True)
-
-    return emit
-
-
-def rich_progress() -> Progress:
-    """A status line with counts of images done and bytes moved."""
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    lock = threading.Lock()
-    state = {"done": 0, "bytes": 0}
-
-    def emit(event: str, info: dict[str, Any]) -> None:
-        with lock:
-            if event == "blob-done":
-                state["bytes"] += int(info.get("bytes") or 0)
-            if event in ("image-done", "image-failed", "image-present"):
-                state["done"] += 1
-                mark = {"image-done": "[green]copied[/]", "image-present": "[dim]present[/]",
-                        "image-failed": "[red]failed[/]"}[event]
-                console.print(f"{mark} {info.get('source', '')} -> {info.get('target', '')}"
-                              + (f" [red]{info['error']}[/]" if info.get("error") else ""), highlight=False)
-
-    return emit
+def _size(n: int) -> str:
+    return f"{n / 1048576:.1f} MiB" if n >= 1048576 else f"{n / 1024:.0f} KiB"
 
 
 def make_progress(is_terminal: bool) -> Progress:
-    return rich_progress() if is_terminal else plain_progress()
+    """One line per finished image; coloured with rich on a terminal."""
+    lock = threading.Lock()
+    console = None
+    if is_terminal:
+        from rich.console import Console
+
+        console = Console(stderr=True, highlight=False)
+
+    def emit(event: str, info: dict[str, Any]) -> None:
+        if event != "done":
+            return
+        status = str(info.get("status", ""))
+        line = f"{status}: {info.get('source', '')} -> {info.get('target', '')}"
+        if info.get("bytes_moved"):
+            line += f" ({_size(int(info['bytes_moved']))})"
+        if info.get("error"):
+            line += f": {info['error']}"
+        with lock:
+            if console is not None:
+                console.print(line, style=_STYLE.get(status), markup=False)
+            else:
+                print(line, file=sys.stderr, flush=True)
+
+    return emit
