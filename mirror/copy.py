@@ -106,7 +106,9 @@ class CopyEngine:
         self._progress = progress
         self._lock = threading.Lock()
         self._clients: dict[str, RegistryClient] = {}
-        self._blob_pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="blob")
+        # Blob workers often just wait for another image's transfer of a shared layer, so there
+        # are more of them than transfers; the per-host request limit bounds real transfers.
+        self._blob_pool = ThreadPoolExecutor(max_workers=4 * self.settings.concurrency, thread_name_prefix="blob")
         self._where: dict[tuple[str, str], set[str]] = {}  # (target host, digest) -> repositories holding it
         self._in_flight: dict[tuple[str, str], Future[str]] = {}
         self._manifests_done: set[tuple[str, str, str]] = set()  # (host, repository, digest) put this run

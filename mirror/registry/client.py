@@ -36,6 +36,7 @@ USER_AGENT = "acr-mirror/0.1"
 MAX_REDIRECTS = 5
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 TAG_PAGE = 1000
+DOCKER_HUB_API = {"docker.io": "registry-1.docker.io"}  # image names say docker.io; the API lives here
 
 
 def _hasher(digest: str) -> Any:
@@ -148,6 +149,7 @@ class RegistryClient:
         self._base: str | None = None
         self._ping_lock = threading.Lock()
         self._foreign_lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self.auth = Authenticator(host, credentials, self._token_request)
 
     # -- setup -------------------------------------------------------------------------
@@ -174,7 +176,7 @@ class RegistryClient:
         endpoint = (self.settings.endpoint or "").rstrip("/")
         if endpoint.startswith(("http://", "https://")):
             return [endpoint]
-        target = endpoint or self.host
+        target = endpoint or DOCKER_HUB_API.get(self.host, self.host)
         return [f"https://{target}"] + ([f"http://{target}"] if self.settings.insecure else [])
 
     def close(self) -> None:
@@ -273,7 +275,8 @@ class RegistryClient:
                     response = client.send(request, stream=True)
                 except httpx.HTTPError as exc:
                     raise _transport_error(operation, exc) from None
-                self.requests[method] += 1
+                with self._count_lock:
+                    self.requests[method] += 1
                 self._observe(response)
                 if follow and response.status_code in REDIRECT_STATUSES and "location" in response.headers:
                     response.close()
