@@ -276,3 +276,28 @@ def test_progress_events(source_registry, target_registry, seeded):
     kinds = [e for e, _ in events]
     assert kinds[0] == "start" and kinds[-1] == "done" and "blob" in kinds
     assert events[-1][1]["status"] == "copied"
+
+
+def test_interrupted_copy_leaves_no_tag_and_completes_next_run(source_registry, target_registry, seeded, proxies):
+    refuse_tag = {"on": True}
+
+    def no_tag_writes(proxy: Proxy, method: str, path: str, headers: dict[str, str]) -> Reply | None:
+        # The run "dies" where the tag would be written: everything before it is in place.
+        if refuse_tag["on"] and method == "PUT" and path.endswith("/manifests/2.0"):
+            return 503, {}, b"gone"
+        return None
+
+    proxy = proxies(target_registry.host, no_tag_writes)
+    target = Registry(host=proxy.host, url=f"http://{proxy.host}", root=target_registry.root)
+    m = mapping(source_registry, "team/web:2.0", target)
+    cfg = config(target, source_registry, retries=0)
+    with CopyEngine(cfg) as engine:
+        first = engine.copy(m)
+        assert first.status == "failed" and "503" in (first.error or "")
+        assert not engine.verify(m)  # nothing points at a half-copied image
+    refuse_tag["on"] = False
+    with CopyEngine(cfg) as engine:
+        second = engine.copy(m)
+    assert second.status == "copied" and second.bytes_moved == 0 and second.blobs_copied == 0
+    assert second.blobs_skipped == 5  # the image's own; its referrer's manifest was already there
+    assert inspect_raw("mirror/team/web:2.0", target_registry) == inspect_raw("team/web:2.0", source_registry)
