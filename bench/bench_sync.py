@@ -283,8 +283,8 @@ def measure(args: argparse.Namespace, workdir: Path, source: Registry, target: R
     print("all cold runs (s): " + "; ".join(f"{k}: {', '.join(f'{t:.2f}' for t in v)}" for k, v in runs.items()))
     checks = [
         (f"acr-mirror >= {GOAL_SPEEDUP}x skopeo sync on the 10-image set", speedup >= GOAL_SPEEDUP, f"{speedup:.2f}x"),
-        ("acr-mirror at >= 80% of the bare PUT ceiling", mib10 / best["acr-mirror"] >= 0.8 * ceiling,
-         f"{mib10 / best['acr-mirror'] / ceiling:.0%}"),
+        ("acr-mirror at >= 80% of the bare PUT ceiling (10-image set; small --scale is latency-bound)",
+         mib10 / best["acr-mirror"] >= 0.8 * ceiling, f"{mib10 / best['acr-mirror'] / ceiling:.0%}"),
         ("bytes moved = unique blob bytes (10 images)", moved10 == sum(unique10.values()),
          f"{moved10} of {sum(unique10.values())}"),
         ("bytes moved = unique blob bytes (12 images)", cold12["bytes_moved"] == sum(unique12.values()),

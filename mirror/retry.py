@@ -10,6 +10,7 @@ whole blob transfer, never both nested.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -42,13 +43,12 @@ def _log(state: tenacity.RetryCallState) -> None:
 
 def call(fn: Callable[[], T], *, retries: int, sleep: Callable[[float], None] | None = None) -> T:
     """Run fn, retrying retryable RegistryErrors up to `retries` more times; the last error is raised."""
-    kwargs = {"sleep": sleep} if sleep is not None else {}
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(is_retryable),
         stop=tenacity.stop_after_attempt(max(1, retries + 1)),
         wait=_wait,
         before_sleep=_log,
         reraise=True,
-        **kwargs,
+        sleep=sleep or time.sleep,
     )
     return retrying(fn)

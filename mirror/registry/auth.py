@@ -172,7 +172,7 @@ class Authenticator:
         if refresh:
             status, body, raw = self._post_refresh(realm, service, scopes, refresh)
             invalidate = getattr(self.credentials, "invalidate", None)
-            if status == 401 and invalidate is not None:
+            if status == 401 and invalidate is not None and self.credentials is not None:
                 invalidate()  # an exchanged refresh token the realm no longer takes: exchange anew, once
                 status, body, raw = self._post_refresh(realm, service, scopes, self.credentials.refresh_token())
         else:

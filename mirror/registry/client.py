@@ -457,7 +457,7 @@ class Repository:
         Returns the upload URL, or None when the blob was mounted (201)."""
         operation = f"start upload to {self.client.host}/{self.name}"
         path = f"/v2/{self.name}/blobs/uploads/"
-        scopes = self.scopes
+        scopes: tuple[str, ...] = self.scopes
         if mount and from_repo:
             operation = f"mount {mount} from {from_repo} into {self.client.host}/{self.name}"
             path += f"?mount={quote(mount)}&from={quote(from_repo)}"

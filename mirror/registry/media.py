@@ -62,8 +62,10 @@ class Descriptor:
         if not isinstance(size, int) or isinstance(size, bool):
             raise ValueError(f"{where}: descriptor {data['digest']} has an invalid size")
         platform = data.get("platform")
-        annotations = data.get("annotations") if isinstance(data.get("annotations"), dict) else {}
-        urls = data.get("urls") if isinstance(data.get("urls"), list) else []
+        annotations = data.get("annotations")
+        annotations = annotations if isinstance(annotations, dict) else {}
+        urls = data.get("urls")
+        urls = urls if isinstance(urls, list) else []
         return cls(
             media_type=str(data.get("mediaType", "")),
             digest=data["digest"],
