@@ -33,7 +33,7 @@ from manifests_rewriter.reference import ImageRef
 from . import retry
 from .registry.client import RegistryClient, Repository
 from .registry.errors import RegistryError
-from .registry.media import Descriptor, Manifest, digest_tag, filter_index
+from .registry.media import OCI_INDEX, Descriptor, Manifest, digest_tag, filter_index, referrers_index
 
 SIGNATURE_SUFFIXES = (".sig", ".att", ".sbom")  # cosign's tags next to an image: sha256-<hex>.sig
 Progress = Callable[[str, dict[str, Any]], None]
@@ -379,9 +379,9 @@ class CopyEngine:
         return future.result()
 
     def _discover_companions(self, src: Repository, manifest: Manifest, kept: Sequence[Descriptor] | None,
-                             result: CopyResult) -> list[str | Descriptor]:
+                             result: CopyResult) -> list[str | tuple[str, list[Descriptor]]]:
         """Signature tags and referrers of the image and of its children copied: a tag name
-        to copy as is, or a referrer's descriptor to copy by digest."""
+        to copy as is, or (subject digest, referrers from the referrers API)."""
         children = manifest.children if kept is None else kept
         digests = [manifest.digest, *(c.digest for c in children)]
         try:
@@ -389,25 +389,32 @@ class CopyEngine:
         except RegistryError as exc:
             result.add_note(f"signatures not looked for: {exc}")
             return []
-        found: list[str | Descriptor] = []
+        found: list[str | tuple[str, list[Descriptor]]] = []
         for digest in digests:
             base = digest_tag(digest)
             found += [base + s for s in SIGNATURE_SUFFIXES if base + s in tags]
             referrers = src.referrers(digest)
-            if referrers is not None:
-                found += referrers
-            elif base in tags:
+            if referrers:
+                found.append((digest, referrers))
+            elif referrers is None and base in tags:
                 found.append(base)  # the tag schema: an index listing the referrers
         return found
 
     def _copy_companions(self, tally: _Tally, src: Repository, dst: Repository,
-                         companions: list[str | Descriptor], image_tag: str,
+                         companions: list[str | tuple[str, list[Descriptor]]], image_tag: str,
                          result: CopyResult) -> int:
         copied = 0
         for item in companions:
-            if isinstance(item, Descriptor):
-                self._ensure_manifest(tally, src, dst, item)
-                copied += 1
+            if isinstance(item, tuple):
+                subject, referrers = item
+                for referrer in referrers:
+                    self._ensure_manifest(tally, src, dst, referrer)
+                copied += len(referrers)
+                if dst.referrers(subject) is None:  # the target has no referrers API: the tag schema
+                    if digest_tag(subject) == image_tag:
+                        result.add_note(f"referrers copied, but no index tagged {image_tag}: that tag pins the image")
+                    else:
+                        dst.put_manifest(digest_tag(subject), referrers_index(referrers), OCI_INDEX)
                 continue
             manifest = src.get_manifest(item)
             self._copy_contents(tally, src, dst, manifest)

@@ -301,3 +301,31 @@ def test_interrupted_copy_leaves_no_tag_and_completes_next_run(source_registry, 
     assert second.status == "copied" and second.bytes_moved == 0 and second.blobs_copied == 0
     assert second.blobs_skipped == 5  # the image's own; its referrer's manifest was already there
     assert inspect_raw("mirror/team/web:2.0", target_registry) == inspect_raw("team/web:2.0", source_registry)
+
+
+def test_referrers_api_at_the_source_become_a_tag_schema_index_in_the_target(
+        source_registry, target_registry, seeded, proxies):
+    referrer = seeded["referrer"]
+    fallback = inspect_raw(referrer["fallback_ref"], source_registry)
+
+    def referrers_api(proxy: Proxy, method: str, path: str, headers: dict[str, str]) -> Reply | None:
+        # A source with the OCI 1.1 referrers API (distribution 2.8 has none): serve it here.
+        if "/referrers/" not in path:
+            return None
+        body = fallback if path.endswith(referrer["subject_digest"]) else \
+            json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": []}).encode()
+        return 200, {"content-type": "application/vnd.oci.image.index.v1+json"}, body
+
+    proxy = proxies(source_registry.host, referrers_api)
+    source = Registry(host=proxy.host, url=f"http://{proxy.host}", root=source_registry.root)
+    with CopyEngine(config(target_registry, source)) as engine:
+        result = engine.copy(mapping(source, "team/web:2.0", target_registry))
+        assert result.status == "copied" and result.referrers == 1, result.error
+        assert engine.client(source.host).supports_referrers is True
+        assert engine.client(target_registry.host).supports_referrers is False
+    index = json.loads(inspect_raw(f"mirror/team/web:{digest_tag(referrer['subject_digest'])}", target_registry))
+    assert [(m["digest"], m["artifactType"]) for m in index["manifests"]] == \
+        [(referrer["digest"], referrer["artifact_type"])]
+    assert inspect_raw(f"mirror/team/web@{referrer['digest']}", target_registry) == \
+        inspect_raw(referrer["ref"], source_registry)
