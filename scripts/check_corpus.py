@@ -45,11 +45,19 @@ def target_of(ref: ImageRef) -> ImageRef:
     return ref.with_name(TARGET_REGISTRY, f"{host}/{ref.repository}")
 
 
+CATEGORIES = ("pod", "helm", "kustomize", "compose", "warnings")
+COLUMNS = ("expected", "found", "explained", "missing", "extra")
+
+
 class Report:
     def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()  # files and rewrite figures
+        self.table: dict[str, Counter[str]] = {c: Counter() for c in CATEGORIES}
         self.problems: list[str] = []
         self.explained: list[str] = []
+
+    def tally(self, category: str, what: str, n: int = 1) -> None:
+        self.table[category][what] += n
 
     def problem(self, file: str, message: str) -> None:
         self.problems.append(f"{file}: {message}")
@@ -66,13 +74,13 @@ def compare_pod(rep: Report, name: str, expected: list[dict], fields: list[Image
     want = {(e["doc"], e["path"], e["image"], e["line"], e["style"]) for e in expected}
     got = {(f.document, _p(f.path), f.value, f.line, f.scalar.style if f.scalar else None)
            for f in fields if f.source == "pod"}
-    rep.counts["pod images expected"] += len(want)
-    rep.counts["pod images found"] += len(got & want)
+    rep.tally("pod", "expected", len(want))
+    rep.tally("pod", "found", len(got & want))
     for item in sorted(want - got, key=str):
-        rep.counts["pod images missing"] += 1
+        rep.tally("pod", "missing")
         rep.problem(name, f"missing pod image {item}")
     for item in sorted(got - want, key=str):
-        rep.counts["pod images extra"] += 1
+        rep.tally("pod", "extra")
         rep.problem(name, f"extra pod image {item}")
 
 
@@ -83,36 +91,36 @@ def compare_helm(rep: Report, name: str, expected: list[dict], fields: list[Imag
     matched: set[str] = set()
     for entry in expected:
         path = entry["path"]
-        rep.counts["helm entries expected"] += 1
+        rep.tally("helm", "expected")
         if entry["kind"] == "scalar":
             value = entry.get("value")
             leaf = path.rsplit("/", 1)[-1]
             if path == "global/imageRegistry":
                 status = "in effect" if entry["line"] in registry_lines else "empty: not in effect"
                 rep.explain(name, f"{path} = {value!r} is the global registry ({status}), not an image")
-                rep.counts["helm entries explained"] += 1
+                rep.tally("helm", "explained")
                 if value and entry["line"] not in registry_lines:
                     rep.problem(name, f"{path} = {value!r} is set but no image uses it")
             elif path in helm and helm[path].value == value:
                 matched.add(path)
-                rep.counts["helm entries found"] += 1
+                rep.tally("helm", "found")
             elif leaf in ("imageRegistry", "imageNamespace") or try_parse(value) is None:
                 rep.explain(name, f"{path} = {value!r} is a piece of a reference, not an image")
-                rep.counts["helm entries explained"] += 1
+                rep.tally("helm", "explained")
             else:
                 rep.problem(name, f"missing helm plain image {path} = {value!r}")
-                rep.counts["helm entries missing"] += 1
+                rep.tally("helm", "missing")
             continue
         fields_ = {k: v for k, v in entry["fields"].items() if not k.endswith("__type")}
         if set(fields_) == {"registry"}:
             ok = path == "global/image" and entry["lines"]["registry"] in registry_lines
             rep.explain(name, f"{path} holds only a registry: the global registry of the images below it")
-            rep.counts["helm entries explained"] += 1
+            rep.tally("helm", "explained")
             if not ok:
                 rep.problem(name, f"{path}: registry {fields_['registry']!r} not used by any image")
             continue
         if not fields_.get("repository") and not fields_.get("image"):
-            rep.counts["helm entries explained"] += 1
+            rep.tally("helm", "explained")
             if path in hints:
                 rep.explain(name, f"{path}: empty repository, the chart composes the name "
                                   f"({hints[path].value!r}): reported as a warning")
@@ -123,10 +131,10 @@ def compare_helm(rep: Report, name: str, expected: list[dict], fields: list[Imag
         field = helm.get(path)
         if field is None:
             rep.problem(name, f"missing helm split image {path}")
-            rep.counts["helm entries missing"] += 1
+            rep.tally("helm", "missing")
             continue
         matched.add(path)
-        rep.counts["helm entries found"] += 1
+        rep.tally("helm", "found")
         for key, value in fields_.items():
             part = field.parts.get(key)
             if key == "registry" and part is not None and part.line != entry["lines"].get("registry"):
@@ -146,46 +154,50 @@ def compare_helm(rep: Report, name: str, expected: list[dict], fields: list[Imag
                                   f"({value!r}); Helm renders it as in {field.value!r}")
     for path in sorted(set(helm) - matched):
         rep.problem(name, f"extra helm image {path} = {helm[path].value!r}")
-        rep.counts["helm entries extra"] += 1
+        rep.tally("helm", "extra")
 
 
 def compare_kustomize(rep: Report, name: str, expected: list[dict], fields: list[ImageField]) -> None:
     got = {_p(f.path): f for f in fields if f.source == "kustomize"}
-    rep.counts["kustomize entries expected"] += len(expected)
+    rep.tally("kustomize", "expected", len(expected))
     for entry in expected:
         field = got.pop(entry["path"], None)
         if field is None:
             rep.problem(name, f"missing kustomize entry {entry['path']}")
+            rep.tally("kustomize", "missing")
             continue
-        rep.counts["kustomize entries found"] += 1
+        rep.tally("kustomize", "found")
         values = {k: v.value for k, v in field.parts.items()}
         if values != entry["fields"]:
             rep.problem(name, f"{entry['path']}: parts {values}, expected {entry['fields']}")
     for path in got:
         rep.problem(name, f"extra kustomize entry {path}")
+        rep.tally("kustomize", "extra")
 
 
 def compare_compose(rep: Report, name: str, expected: list[dict], fields: list[ImageField]) -> None:
     got = {(f.document, _p(f.path)): f for f in fields if f.source == "compose"}
     for entry in expected:
-        rep.counts["compose services expected"] += 1
+        rep.tally("compose", "expected")
         field = got.pop((entry["doc"], entry["path"]), None)
         if entry.get("no_image_key"):
-            rep.counts["compose services explained"] += 1
+            rep.tally("compose", "explained")
             rep.explain(name, f"service {entry['service']} has no image (build only): nothing to rewrite")
             if field is not None:
                 rep.problem(name, f"{entry['path']} reported but the service has no image")
             continue
         if field is None:
             rep.problem(name, f"missing compose image {entry['path']}")
+            rep.tally("compose", "missing")
             continue
-        rep.counts["compose services found"] += 1
+        rep.tally("compose", "found")
         got_t = (field.value, field.line, field.scalar.style if field.scalar else None)
         want_t = (entry["image"], entry["line"], entry["style"])
         if got_t != want_t:
             rep.problem(name, f"{entry['path']}: found {got_t}, expected {want_t}")
     for key in got:
         rep.problem(name, f"extra compose image {key}")
+        rep.tally("compose", "extra")
 
 
 def compare_hints(rep: Report, name: str, expected: list[dict], fields: list[ImageField]) -> None:
@@ -196,16 +208,20 @@ def compare_hints(rep: Report, name: str, expected: list[dict], fields: list[Ima
     for e in expected:
         if e["path"].startswith("status/"):
             rep.explain(name, f"{e['path']} is status, not a future pod image: no warning")
+            rep.tally("warnings", "expected")
+            rep.tally("warnings", "explained")
     got = {(f.document, _p(f.path), f.value, f.line) for f in fields
            if f.source == "hint" and f.path.endswith("/image") and f.scalar is not None}
-    rep.counts["warnings (image keys) expected"] += len(want)
-    rep.counts["warnings (image keys) found"] += len(want & got)
+    rep.tally("warnings", "expected", len(want))
+    rep.tally("warnings", "found", len(want & got))
     for item in sorted(want - got, key=str):
         rep.problem(name, f"missing warning {item}")
+        rep.tally("warnings", "missing")
     for item in sorted(got - want, key=str):
         rep.problem(name, f"extra warning {item}")
+        rep.tally("warnings", "extra")
     other = [f for f in fields if f.source == "hint" and (f.scalar is None or not f.path.endswith("/image"))]
-    rep.counts["warnings (other)"] += len(other)
+    rep.tally("warnings", "other", len(other))
 
 
 def check_rewrite(rep: Report, name: str, text: str, fields: list[ImageField], filename: str) -> None:
@@ -320,10 +336,21 @@ def main(argv: list[str]) -> int:
         compare_hints(rep, name, want.get("image_keys_outside_pod_specs", []), fields)
         check_rewrite(rep, name, text, fields, filename)
 
-    width = max(len(k) for k in rep.counts)
     print(f"corpus: {corpus}")
-    for key, value in rep.counts.items():
-        print(f"  {key:<{width}}  {value}")
+    print(f"files: {rep.counts['files']} ({rep.counts['invalid YAML (as expected)']} invalid YAML, as expected)")
+    print(f"  {'':<10}" + "".join(f"{c:>10}" for c in COLUMNS))
+    total: Counter[str] = Counter()
+    for category in CATEGORIES:
+        row = rep.table[category]
+        total.update(row)
+        print(f"  {category:<10}" + "".join(f"{row[c]:>10}" for c in COLUMNS))
+    print(f"  {'images':<10}" + "".join(f"{total[c]:>10}" for c in COLUMNS))
+    print("  (warnings: image keys outside pod specs; other warnings, not in EXPECTED.json: "
+          f"{rep.table['warnings']['other']})")
+    print("rewrite in memory:")
+    for key, value in sorted(rep.counts.items()):
+        if key.startswith(("rewrit", "files rewritten")):
+            print(f"  {key:<50}  {value}")
     if rep.explained:
         print(f"explained ({len(rep.explained)}):")
         for line in rep.explained:

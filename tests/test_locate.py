@@ -183,6 +183,21 @@ def test_crlf_and_bom_offsets() -> None:
         assert all(f.scalar.exact for f in fields)
 
 
+def test_pure_python_loader_fallback_gives_the_same_spans(monkeypatch) -> None:
+    """Without libyaml the pure-Python loader is used; its marks count the BOM."""
+    from manifests_rewriter import locate as module
+
+    texts = ["\ufeff" + DEPLOYMENT.format(image="'nginx:1'", digest=DIGEST).replace("\n", "\r\n"),
+             "\ufeff" + BITNAMI, "\ufeffimages:\n- name: x\n"]
+    names = ["deploy.yaml", "values.yaml", "kustomization.yaml"]
+    fast = [locate(t, filename=n) for t, n in zip(texts, names, strict=True)]
+    monkeypatch.setattr(module, "_Loader", module._lean_loader(yaml.SafeLoader))
+    monkeypatch.setattr(module, "_LIBYAML", False)
+    slow = [locate(t, filename=n) for t, n in zip(texts, names, strict=True)]
+    assert slow == fast
+    spans_ok(texts[0], slow[0])
+
+
 def test_block_scalar_with_crlf() -> None:
     text = "kind: Pod\r\nspec:\r\n  containers:\r\n  - image: |-\r\n      nginx:1\r\n    name: a\r\n"
     (f,) = pods(text)
@@ -687,6 +702,15 @@ def test_recursive_anchors_terminate() -> None:
     text = "a: &a [*a, 1]\nb: &b {self: *b, containers: [{name: x, image: nginx}]}\nc: &c {<<: *c, d: 1}\n"
     fields = locate(text)
     assert [(f.path, f.value) for f in fields] == [("/b/containers/0/image", "nginx")]
+
+
+def test_long_merge_chains_and_nested_merges_need_no_recursion() -> None:
+    chain = "a0: &a0 {containers: [{name: c, image: x}]}\n" + "".join(
+        f"a{i}: &a{i} {{<<: *a{i - 1}}}\n" for i in range(1, 3000)
+    )
+    assert len(pods(chain)) == 3000
+    nested = "x: " + "{<<: " * 990 + "{containers: [{image: y}]}" + "}" * 990 + "\n"
+    assert [f.path for f in pods(nested)] == ["/x/containers/0/image"]
 
 
 def test_moderate_alias_reuse_is_fine() -> None:

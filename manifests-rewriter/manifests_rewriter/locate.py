@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import re
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -35,40 +36,44 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .reference import try_parse
 
-try:  # libyaml: much faster; its marks need a BOM correction (see _bom_offset)
-    _BaseLoader: type = yaml.CSafeLoader
-    _LIBYAML = True
-except AttributeError:  # pragma: no cover - PyYAML built without libyaml
-    _BaseLoader = yaml.SafeLoader
-    _LIBYAML = False
+_STR_TAG = "tag:yaml.org,2002:str"
 
 
-class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
+def _lean_loader(base: type) -> type:
     """The safe loader with a leaner resolver: same tags, less Python per node.
 
     The stock resolver keeps a path stack for "path resolvers" (none are registered
     for the safe loader) and concatenates resolver lists per scalar; composing calls it
     for every node, so it is a visible share of the time."""
+    implicit = base.yaml_implicit_resolvers
+    if implicit.get(None) or base.yaml_path_resolvers:  # pragma: no cover - someone registered more
+        return base
 
-    def descend_resolver(self, current_node: object, current_index: object) -> None:
-        pass
+    class Lean(base):  # type: ignore[misc,valid-type]
+        def descend_resolver(self, current_node: object, current_index: object) -> None:
+            pass
 
-    def ascend_resolver(self) -> None:
-        pass
+        def ascend_resolver(self) -> None:
+            pass
 
-    def resolve(self, kind: type, value: str, implicit: tuple[bool, bool]) -> str:
-        if kind is ScalarNode:
-            if implicit[0]:
-                for tag, regexp in _IMPLICIT.get(value[:1], ()):
-                    if regexp.match(value):
-                        return tag
-            return _STR_TAG
-        return super().resolve(kind, value, implicit)
+        def resolve(self, kind: type, value: str, implicit_: tuple[bool, bool]) -> str:
+            if kind is ScalarNode:
+                if implicit_[0]:
+                    for tag, regexp in implicit.get(value[:1], ()):
+                        if regexp.match(value):
+                            return tag
+                return _STR_TAG
+            return super().resolve(kind, value, implicit_)
+
+    return Lean
 
 
-_IMPLICIT = _BaseLoader.yaml_implicit_resolvers
-if _IMPLICIT.get(None) or _BaseLoader.yaml_path_resolvers:  # pragma: no cover - someone registered more
-    del _Loader.resolve, _Loader.descend_resolver, _Loader.ascend_resolver
+try:  # libyaml: much faster; its marks need a BOM correction (see _bom_offset)
+    _Loader = _lean_loader(yaml.CSafeLoader)
+    _LIBYAML = True
+except AttributeError:  # pragma: no cover - PyYAML built without libyaml
+    _Loader = _lean_loader(yaml.SafeLoader)
+    _LIBYAML = False
 
 CONTAINER_KEYS = ("containers", "initContainers", "ephemeralContainers")
 _CONTAINER_SET = frozenset(CONTAINER_KEYS)
@@ -84,7 +89,6 @@ BUDGET_BASE = 100_000
 BUDGET_PER_NODE = 50
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
-_STR_TAG = "tag:yaml.org,2002:str"
 _NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 _NULL_TAG = "tag:yaml.org,2002:null"
 _BOOL_TAG = "tag:yaml.org,2002:bool"
@@ -382,22 +386,42 @@ class _Walker:
                 result = {k.value: (k, v) for k, v in node.value if isinstance(k, ScalarNode)}
             self._pairs[id(node)] = result
             return result
-        self._pairs[id(node)] = {}  # a merge cycle (`&a {<<: *a}`) sees an empty mapping
+        # Merge sources are resolved before the mappings that merge them, with an explicit
+        # stack (chains of merges can be thousands long). A mapping being resolved is
+        # marked with an empty placeholder: a merge cycle (`&a {<<: *a}`) sees it empty.
+        stack: list[tuple[MappingNode, bool]] = [(node, False)]
+        while stack:
+            current, ready = stack.pop()
+            if ready:
+                self._pairs[id(current)] = self._merged(current)
+                continue
+            if id(current) in self._pairs:
+                continue
+            self._pairs[id(current)] = {}
+            stack.append((current, True))
+            for k, v in current.value:
+                self.count(k)
+                if k.tag == _MERGE_TAG:
+                    for source in v.value if isinstance(v, SequenceNode) else [v]:
+                        if isinstance(source, MappingNode) and id(source) not in self._pairs:
+                            stack.append((source, False))
+        return self._pairs[id(node)]
+
+    def _merged(self, node: MappingNode) -> dict[str, tuple[Node, Node]]:
+        """One mapping's pairs, its merge sources already resolved in the cache."""
         merged: dict[str, tuple[Node, Node]] = {}
         own: dict[str, tuple[Node, Node]] = {}
         for k, v in node.value:
-            self.count(k)
             if k.tag == _MERGE_TAG:
                 sources = v.value if isinstance(v, SequenceNode) else [v]
                 for source in reversed(sources):  # earlier sources win
                     if isinstance(source, MappingNode):
-                        merged.update(self.pairs(source))
+                        merged.update(self._pairs.get(id(source), {}))
             else:
                 key = _key(k)
                 if key is not None:
                     own[key] = (k, v)
         merged.update(own)
-        self._pairs[id(node)] = merged
         return merged
 
     def is_cycle(self, node: Node, parent: tuple | None) -> bool:
@@ -507,6 +531,7 @@ def locate(text: str, *, filename: str = "", content: str | None = None) -> list
         raise ValueError(f"unknown file kind {kind!r}")
     offset = _bom_offset(text)
     has_merge = "<<" in text
+    relevant = [m.start() - offset for m in _RELEVANT.finditer(text)] if kind == "manifest" else []
     found: list[ImageField] = []
     for index, root in enumerate(documents):
         if not isinstance(root, (MappingNode, SequenceNode)):
@@ -516,8 +541,10 @@ def locate(text: str, *, filename: str = "", content: str | None = None) -> list
             found.extend(_kustomize(walker, index, root))
         elif kind == "compose":
             found.extend(_compose(walker, index, root))
-        else:
-            found.extend(_walk(walker, index, root, helm=kind == "helm-values"))
+        elif kind == "helm-values":
+            found.extend(_walk(walker, index, root, helm=True))
+        elif _may_matter(relevant, root):
+            found.extend(_walk(walker, index, root, helm=False))
     found.sort(key=lambda f: (f.document, f.line, f.path))
     return found
 
@@ -525,6 +552,18 @@ def locate(text: str, *, filename: str = "", content: str | None = None) -> list
 # ----------------------------------------------------------------------------- the walk
 
 _TOP, _ITEMS, _STATUS, _UNDER_IMAGE = 1, 2, 4, 8
+_COLLECTIONS = (MappingNode, SequenceNode)
+# "ontainers" covers containers/initContainers/ephemeralContainers
+_RELEVANT = re.compile(r"image|ontainers|[*\\]", re.IGNORECASE)
+
+
+def _may_matter(relevant: list[int], node: Node) -> bool:
+    """Whether a manifest document's text holds a container list key, an image-ish word,
+    an alias (anything may hide behind one) or an escape (a key may be spelled with
+    one). Documents without any (Services, RBAC, most CRDs and ConfigMaps) cannot hold
+    a pod image or a hint and are not walked. `relevant`: sorted match offsets."""
+    i = bisect_left(relevant, node.start_mark.index)
+    return i < len(relevant) and relevant[i] < node.end_mark.index
 _ARG_IMAGE = re.compile(r"--?[\w.-]*image[\w.-]*=(\S+)", re.IGNORECASE)
 
 
@@ -535,6 +574,7 @@ def _walk(w: _Walker, index: int, root: Node, *, helm: bool) -> Iterator[ImageFi
     # (parent cell, key, node), so paths cost nothing until a field is reported.
     stack: list[tuple[Node, tuple, tuple, int]] = [(root, (None, None, root), (None, None, None), _TOP)]
     seen = w.seen
+    push = stack.append
     while stack:
         node, cell, ctx, flags = stack.pop()
         if id(node) in seen:  # reached again through an alias: a cycle, or one more visit
@@ -542,20 +582,24 @@ def _walk(w: _Walker, index: int, root: Node, *, helm: bool) -> Iterator[ImageFi
                 continue
         else:
             seen.add(id(node))
-        w.count(node)
+        w.visits += 1
+        if w.visits > BUDGET_BASE + BUDGET_PER_NODE * len(seen):
+            w.count(node)  # raises
+        inherited = flags & (_STATUS | _UNDER_IMAGE)
         if isinstance(node, SequenceNode):
-            child_flags = flags & (_STATUS | _UNDER_IMAGE)
             if flags & _ITEMS:
-                child_flags |= _TOP
-            for i in range(len(node.value) - 1, -1, -1):
-                child = node.value[i]
-                if isinstance(child, (MappingNode, SequenceNode)):
-                    stack.append((child, (cell, i, child), ctx, child_flags))
+                inherited |= _TOP
+            items = node.value
+            for i in range(len(items) - 1, -1, -1):
+                child = items[i]
+                if isinstance(child, _COLLECTIONS):
+                    push((child, (cell, i, child), ctx, inherited))
             continue
         if not isinstance(node, MappingNode):
             continue
         pairs = w.pairs(node)
-        if flags & _TOP:
+        top = flags & _TOP
+        if top:
             ctx = _context(pairs)
         parent = cell[0]
         in_containers = (
@@ -571,17 +615,20 @@ def _walk(w: _Walker, index: int, root: Node, *, helm: bool) -> Iterator[ImageFi
                     kind=ctx[0], namespace=ctx[1], name=ctx[2], container=_text(pairs.get("name", (None, None))[1]),
                 )
                 taken.add("image")
-        top = flags & _TOP
         if helm:
             yield from _helm(w, index, cell, pairs, ctx, flags, helm_globals, taken)
         elif in_containers or "image" in pairs:
             yield from _hints(w, index, cell, pairs, ctx, flags, in_containers)
         elif top and ctx[0] == "ConfigMap" and "data" in pairs:
             yield from _configmap_hints(w, index, cell, pairs["data"][1], ctx)
+        if not (top or helm):  # the common case, kept lean
+            for key, (_, child) in reversed(pairs.items()):
+                if isinstance(child, _COLLECTIONS):
+                    push((child, (cell, key, child), ctx, inherited))
+            continue
         list_root = top and (ctx[0] or "").endswith("List")
-        inherited = flags & (_STATUS | _UNDER_IMAGE)
         for key, (_, child) in reversed(pairs.items()):
-            if not isinstance(child, (MappingNode, SequenceNode)):
+            if not isinstance(child, _COLLECTIONS):
                 continue
             child_flags = inherited
             if top:
@@ -591,7 +638,7 @@ def _walk(w: _Walker, index: int, root: Node, *, helm: bool) -> Iterator[ImageFi
                     child_flags |= _ITEMS
             if helm and "image" in key.lower() and key.lower() not in _NOT_IMAGE_KEYS:
                 child_flags |= _UNDER_IMAGE
-            stack.append((child, (cell, key, child), ctx, child_flags))
+            push((child, (cell, key, child), ctx, child_flags))
 
 
 # ----------------------------------------------------------------------------- hints
