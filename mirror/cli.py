@@ -32,6 +32,7 @@ from manifests_rewriter.rewrite import rewrite_paths
 from manifests_rewriter.scan import ScanResult, scan_paths
 
 from . import __version__, report
+from .migrate import verify_target
 from .plan import Plan, PlanError, parse_shard, plan_from_findings
 
 
@@ -307,8 +308,9 @@ def verified_resolver(session: Session, engine: Any, pin: dict[str, str] | None 
         if key not in cache:
             target = session.to_target(ref)
             digest = (pin or {}).get(key)
-            if engine is not None and not engine.verify(Mapping(ref, target), digest):
-                cache[key] = f"not rewritten: {target} is not in the target registry with the source's digest"
+            problem = verify_target(engine, Mapping(ref, target), digest) if engine is not None else None
+            if problem:
+                cache[key] = f"not rewritten: {problem}"
             else:
                 cache[key] = target.with_digest(digest) if digest and not ref.digest else target
         return cache[key]
@@ -367,7 +369,7 @@ def rewrite(paths: tuple[str, ...], config_path: str, check: bool, diff: bool, v
 def migrate(paths: tuple[str, ...], config_path: str, dry_run: bool, report_path: str | None,
             engine: str | None, **kwargs: Any) -> None:
     """sync, verify, rewrite, then check that nothing left would be refused."""
-    from .migrate import run_migration
+    from .migrate import run_migration  # noqa: PLC0415
 
     session = Session(config_path, _cluster(kwargs))
     code = run_migration(session, paths, dry_run=dry_run, report_path=report_path, engine_name=engine)

@@ -14,12 +14,26 @@ from typing import Any
 import click
 
 from manifests_rewriter.cli import EXIT_FINDINGS, report_rewrite
+from manifests_rewriter.model import Mapping
 from manifests_rewriter.reference import ImageRef, parse
 from manifests_rewriter.rewrite import rewrite_paths
 from manifests_rewriter.scan import scan_paths
 
 from . import report
 from .plan import plan_from_findings
+from .registry.credentials import CredentialError
+from .registry.errors import RegistryError
+
+
+def verify_target(engine: Any, mapping: Mapping, digest: str | None = None) -> str | None:
+    """None when a fresh look at the target shows the image there; otherwise why not.
+    Registry trouble while looking is a reason, never an exception: the reference stays."""
+    try:
+        if engine.verify(mapping, digest):
+            return None
+    except (RegistryError, CredentialError) as exc:
+        return f"cannot verify {mapping.target}: {exc}"
+    return f"{mapping.target} is not in the target registry with the source's digest"
 
 
 def run_migration(session: Any, paths: tuple[str, ...], *, dry_run: bool = False,
@@ -41,10 +55,12 @@ def run_migration(session: Any, paths: tuple[str, ...], *, dry_run: bool = False
         verified: dict[str, ImageRef] = {}
         reasons: dict[str, str] = {}
         for entry, mapping, result in zip(plan.entries, mappings, results, strict=True):
-            if result.status in ("copied", "present") and engine.verify(mapping, result.digest):
-                verified[entry.source] = parse(entry.target)
+            if result.status not in ("copied", "present"):
+                reasons[entry.source] = result.error or ("dry run: not copied" if dry_run else result.status)
+            elif problem := verify_target(engine, mapping, result.target_digest or result.digest):
+                reasons[entry.source] = problem
             else:
-                reasons[entry.source] = result.error or ("dry run: not copied" if dry_run else "not verified in the target")
+                verified[entry.source] = parse(entry.target)
     finally:
         engine.close()
 

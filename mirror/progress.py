@@ -32,7 +32,8 @@ def make_progress(is_terminal: bool) -> Progress:
         if event != "done":
             return
         status = str(info.get("status", ""))
-        line = f"{status}: {info.get('source', '')} -> {info.get('target', '')}"
+        # not "status:" - the final summary owns the one "failed: ..." line per image
+        line = f"{status:>8} {info.get('source', '')} -> {info.get('target', '')}"
         if info.get("bytes_moved"):
             line += f" ({_size(int(info['bytes_moved']))})"
         if info.get("error"):
