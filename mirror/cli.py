@@ -32,7 +32,7 @@ from manifests_rewriter.rewrite import rewrite_paths
 from manifests_rewriter.scan import ScanResult, scan_paths
 
 from . import __version__, report
-from .migrate import verify_target
+from .migrate import run_migration, verify_target
 from .plan import Plan, PlanError, parse_shard, plan_from_findings
 
 
@@ -327,13 +327,18 @@ def verified_resolver(session: Session, engine: Any, pin: dict[str, str] | None 
               help="Rewrite only references whose target exists with the source's digest.")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="Rewrite from this plan.")
 @click.option("--pin-digests", is_flag=True, help="With --plan: write repo:tag@sha256:... from the plan.")
+@cluster_options
+@click.option("--apply", "apply_patches_", is_flag=True,
+              help="With --cluster: really patch the owners (default: server-side dry run).")
+@click.option("--force", is_flag=True, help="With --cluster: patch objects managed by Helm, Argo CD or Flux too.")
 @guarded
 def rewrite(paths: tuple[str, ...], config_path: str, check: bool, diff: bool, verify: bool,
-            plan_path: str | None, pin_digests: bool) -> None:
-    """Rewrite refused image references in PATHs to their targets (in place)."""
-    if not paths:
-        raise UsageError("give the files or directories to rewrite")
-    session = Session(config_path)
+            plan_path: str | None, pin_digests: bool, apply_patches_: bool, force: bool, **kwargs: Any) -> None:
+    """Rewrite refused image references in PATHs (in place) or, with --cluster, in live workloads."""
+    cluster = _cluster(kwargs)
+    if not paths and not cluster.enabled:
+        raise UsageError("give the files or directories to rewrite, or --cluster")
+    session = Session(config_path, cluster)
     pins: dict[str, str] | None = None
     if plan_path:
         try:
@@ -344,18 +349,44 @@ def rewrite(paths: tuple[str, ...], config_path: str, check: bool, diff: bool, v
     elif pin_digests:
         raise UsageError("--pin-digests needs --plan (the plan holds the digests)")
     if not verify:
+        if cluster.enabled:
+            raise UsageError("--cluster never patches a workload to an unverified image: drop --no-verify")
         click.echo("warning: --no-verify: references are rewritten by name only, whether or not the image "
                    "is in the target", err=True)
     engine = session.engine("registry") if verify else None
+    failed = False
     try:
-        write = not (check or diff)
-        result = rewrite_paths(paths, session.policy, verified_resolver(session, engine, pins), write=write,
-                               max_bytes=session.config.scan.max_file_bytes, exclude=session.config.scan.exclude)
+        if paths:
+            write = not (check or diff)
+            result = rewrite_paths(paths, session.policy, verified_resolver(session, engine, pins), write=write,
+                                   max_bytes=session.config.scan.max_file_bytes, exclude=session.config.scan.exclude)
+            report_rewrite(result, write=write, diff=diff)
+            failed = bool(result.errors or (check and result.changed))
+        if cluster.enabled:
+            failed = _patch_cluster(session, engine, apply=apply_patches_, force=force) or failed
     finally:
         if engine is not None:
             engine.close()
-    report_rewrite(result, write=write, diff=diff)
-    _exit(EXIT_FINDINGS if result.errors or (check and result.changed) else 0)
+    _exit(EXIT_FINDINGS if failed else 0)
+
+
+def _patch_cluster(session: Session, engine: Any, *, apply: bool, force: bool) -> bool:
+    """Patch the owners' image fields (never pods), verified images only. True if any failed."""
+    from .cluster.patch import apply_patches, plan_patches
+    from .cluster.scan import scan_cluster
+
+    live = scan_cluster(session.api, session.policy, namespace=session.cluster.namespace, to_target=session.to_target)
+    for error in live.errors:
+        click.echo(f"error: {error}", err=True)
+    plans = plan_patches(session.api, live.findings, session.to_target,
+                         lambda source, target, digest: verify_target(engine, Mapping(source, target), digest) is None,
+                         force=force)
+    results = apply_patches(session.api, plans, dry_run=not apply)
+    for outcome in results:
+        click.echo(str(outcome), err=True)
+    mode = "patched" if apply else "server-side dry run (add --apply to patch)"
+    click.echo(f"{len(results)} workloads: {mode}.", err=True)
+    return any(r.status == "failed" for r in results) or bool(live.errors)
 
 
 @main.command()
@@ -369,8 +400,6 @@ def rewrite(paths: tuple[str, ...], config_path: str, check: bool, diff: bool, v
 def migrate(paths: tuple[str, ...], config_path: str, dry_run: bool, report_path: str | None,
             engine: str | None, **kwargs: Any) -> None:
     """sync, verify, rewrite, then check that nothing left would be refused."""
-    from .migrate import run_migration  # noqa: PLC0415
-
     session = Session(config_path, _cluster(kwargs))
     code = run_migration(session, paths, dry_run=dry_run, report_path=report_path, engine_name=engine)
     _exit(code)
