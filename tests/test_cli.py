@@ -160,6 +160,7 @@ def test_policy_lint_command(tree):
     assert weak.exit_code == 0 and "any *.azurecr.io" in weak.stderr and "not anchored" in weak.stderr
 
 
+@pytest.mark.slow  # pre-commit builds a fresh virtualenv with every dependency (about a minute)
 @pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
 def test_pre_commit_try_repo(tmp_path):
     """The real pre-commit framework runs the hook from this repository."""
