@@ -32,7 +32,7 @@ from manifests_rewriter.rewrite import rewrite_paths
 from manifests_rewriter.scan import ScanResult, scan_paths
 
 from . import __version__, report
-from .migrate import run_migration, verify_target
+from .migrate import lock_mirrored, run_migration, verify_target
 from .plan import Plan, PlanError, parse_shard, plan_from_findings
 
 
@@ -293,9 +293,12 @@ def sync(paths: tuple[str, ...], config_path: str, images: tuple[str, ...], plan
             results = copier.copy_all(mappings, fail_fast=fail_fast)
     finally:
         copier.close()
+    lock_failures = [] if dry_run else lock_mirrored(session.config, results)
     _write_report(report_path, results)
     _summary(results)
-    _exit(EXIT_FINDINGS if any(r.status == "failed" for r in results) else 0)
+    for failure in lock_failures:
+        click.echo(f"failed: {failure}", err=True)
+    _exit(EXIT_FINDINGS if lock_failures or any(r.status == "failed" for r in results) else 0)
 
 
 def verified_resolver(session: Session, engine: Any, pin: dict[str, str] | None = None

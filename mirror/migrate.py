@@ -36,6 +36,26 @@ def verify_target(engine: Any, mapping: Mapping, digest: str | None = None) -> s
     return f"{mapping.target} is not in the target registry with the source's digest"
 
 
+def lock_mirrored(config: Any, results: list[Any]) -> list[str]:
+    """With copy.lock (ACR): make each mirrored image read-only. Returns the failures, one line each."""
+    if not config.copy.lock:
+        return []
+    from .registry.acr_lock import LockError, lock_image
+
+    failures = []
+    for result in results:
+        if result.status not in ("copied", "present"):
+            continue
+        target = parse(result.target)
+        try:
+            lock_image(target.registry, target.repository, result.target_digest or result.digest or target.reference,
+                       settings=config.registry(target.registry))
+        except LockError as exc:
+            result.add_note(f"not locked: {exc}")
+            failures.append(str(exc))
+    return failures
+
+
 def run_migration(session: Any, paths: tuple[str, ...], *, dry_run: bool = False,
                   report_path: str | None = None, engine_name: str | None = None) -> int:
     config, policy = session.config, session.policy
@@ -50,6 +70,7 @@ def run_migration(session: Any, paths: tuple[str, ...], *, dry_run: bool = False
     try:
         mappings = plan.mappings()
         results = [engine.status(m) for m in mappings] if dry_run else engine.copy_all(mappings)
+        lock_failures = [] if dry_run else lock_mirrored(config, results)
         # verify: a fresh HEAD of each target, never the copy's own word alone. Keys are the
         # references as written (a planned digest may pin the copy, not the rewrite).
         verified: dict[str, ImageRef] = {}
@@ -96,5 +117,7 @@ def run_migration(session: Any, paths: tuple[str, ...], *, dry_run: bool = False
                                "remaining": [f.as_json() for f in remaining],
                                "errors": [e.as_json() for e in found.errors]}, indent=2) + "\n"
         Path(report_path).write_text(text, encoding="utf-8")
-    return EXIT_FINDINGS if failed or remaining or found.errors else 0
+    for failure in lock_failures:
+        click.echo(f"failed: {failure}", err=True)
+    return EXIT_FINDINGS if failed or remaining or found.errors or lock_failures else 0
 
