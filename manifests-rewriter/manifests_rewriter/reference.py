@@ -32,6 +32,8 @@ TAG_RE = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 _DIGEST_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
 _DIGEST_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
 _HEX64 = re.compile(r"[a-f0-9]{64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SPACE = re.compile(r"\s")
 
 
 class ReferenceError(ValueError):
@@ -88,9 +90,9 @@ def _reject_obvious(text: str) -> None:
         raise ReferenceError(f"{text!r} is a URL or build reference (scheme://), not an image reference")
     if text != text.strip():
         raise ReferenceError(f"{text!r} has leading or trailing whitespace")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+    if _CONTROL.search(text):
         raise ReferenceError("image reference contains control characters")
-    if any(c.isspace() for c in text):
+    if _SPACE.search(text):
         raise ReferenceError(f"{text!r} contains whitespace")
 
 
