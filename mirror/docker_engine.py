@@ -149,6 +149,46 @@ class _Hold:
 
     users: int = 0
     created: bool = False
+    removing: bool = False
+    removed: threading.Event = field(default_factory=threading.Event)
+
+
+class _PullGate:
+    """Pulls share the gate; removing a local image waits until no pull is in flight, and holds new
+    pulls back meanwhile. A pull in progress reuses layers it found locally before its image exists,
+    so deleting another image that shares them can pull them from under it (podman: "layer not
+    known"); committed images keep their layers, so pushes need no gate."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pulls = 0
+        self._removals = 0  # waiting or running
+
+    @contextlib.contextmanager
+    def pull(self) -> Any:
+        with self._cond:
+            while self._removals:
+                self._cond.wait()
+            self._pulls += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._pulls -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def removal(self) -> Any:
+        with self._cond:
+            self._removals += 1
+            while self._pulls:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._removals -= 1
+                self._cond.notify_all()
 
 
 @dataclass(frozen=True)
@@ -205,6 +245,7 @@ class DockerEngine:
         self._clients: dict[str, RegistryClient] = {}
         self._sources: dict[tuple[str, str, str], SourceImage] = {}  # (host, repository, digest) -> source
         self._holds: dict[str, _Hold] = {}
+        self._gate = _PullGate()
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -328,7 +369,7 @@ class DockerEngine:
         where = kwargs.get("base_url") or "the default socket (unix:///var/run/docker.sock)"
         try:
             if self._api is None:
-                self._api = docker.APIClient(version="auto", timeout=STREAM_TIMEOUT, **kwargs)
+                self._api = _api_client(kwargs)
             version = self._api.version()
         except docker.errors.DockerException as exc:
             self._api = None
@@ -477,7 +518,7 @@ class DockerEngine:
                                   "auth_config": self._auth_config(plan.mapping.source.registry)}
         if plan.pull_platform:
             kwargs["platform"] = plan.pull_platform
-        with self._daemon_errors(doing):
+        with self._gate.pull(), self._daemon_errors(doing):
             stream = self.api().pull(plan.pull_name, tag=plan.pull_reference, **kwargs)
             return self._follow(stream, "pull", doing, plan)
 
@@ -577,23 +618,36 @@ class DockerEngine:
 
     @contextlib.contextmanager
     def _hold(self, pull_ref: str) -> Any:
-        """Pull under a shared hold: two mappings pulling the same reference (two tags naming one
-        digest) share it, and the last one done removes it if this run created it."""
-        with self._lock:
-            hold = self._holds.setdefault(pull_ref, _Hold())
-            hold.users += 1
-            if hold.users == 1:
-                hold.created = not self._has_name(pull_ref)
+        """Use a pulled reference under a shared hold: two mappings pulling the same reference (two
+        tags naming one digest) share it, and the last one done removes it if this run created it.
+        A mapping arriving while that removal runs waits for it, then finds the name gone."""
+        while True:
+            with self._lock:
+                hold = self._holds.get(pull_ref)
+                if hold is None or not hold.removing:
+                    if hold is None:
+                        hold = self._holds[pull_ref] = _Hold()
+                    hold.users += 1
+                    if hold.users == 1:
+                        hold.created = not self._has_name(pull_ref)
+                    break
+            hold.removed.wait()
         try:
             yield
         finally:
             with self._lock:
                 hold.users -= 1
-                remove = hold.users == 0 and hold.created
-                if hold.users == 0:
+                hold.removing = remove = hold.users == 0 and hold.created
+                if hold.users == 0 and not remove:
                     self._holds.pop(pull_ref, None)
-                if remove:
-                    self._remove_local(pull_ref)
+            if remove:
+                try:
+                    with self._gate.removal():
+                        self._remove_local(pull_ref)
+                finally:
+                    with self._lock:
+                        self._holds.pop(pull_ref, None)
+                    hold.removed.set()
 
     @contextlib.contextmanager
     def _target_tag(self, image_id: str, plan: _Plan) -> Any:
@@ -739,8 +793,10 @@ class DockerEngine:
         Mounted from); podman says nothing per layer, so its layers count as copied."""
         sizes = dict(zip((d.partition(":")[2][:12] for d in held.diff_ids), held.layer_sizes, strict=False))
         statuses = {k: v for k, v in pushed.layers.items() if k in sizes}
-        if not statuses:
+        if not statuses and sizes:
             statuses = dict.fromkeys(sizes, "Pushed")
+            result.add_note("the engine does not report per layer (podman): every layer counts as copied, "
+                            "so bytes_moved is an upper bound")
         for layer, status in statuses.items():
             if status == "Pushed":
                 result.blobs_copied += 1
@@ -786,6 +842,34 @@ def client_kwargs(settings: DockerSettings, env: dict[str, str] | None = None) -
             verify=settings.tls_verify,
         )
     return kwargs
+
+
+def _api_client(kwargs: dict[str, Any]) -> Any:
+    """A `docker.APIClient` for the daemon, API version negotiated as `version="auto"` does."""
+    import docker
+
+    tls = kwargs.get("tls")
+    if tls is None or not getattr(tls, "ca_cert", None) or not getattr(tls, "verify", False):
+        return docker.APIClient(version="auto", timeout=STREAM_TIMEOUT, **kwargs)
+    # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's CA (psf/requests#3829),
+    # so docker.cert_path's ca.pem would be ignored wherever those are set: the clients here do not
+    # read the environment (its proxies are kept), the version probe included.
+    from requests.utils import get_environ_proxies
+
+    def client(version: str) -> Any:
+        api = docker.APIClient(version=version, timeout=STREAM_TIMEOUT, **kwargs)
+        api.trust_env = False
+        api.proxies.update(get_environ_proxies(api.base_url))
+        return api
+
+    probe = client(docker.constants.MINIMUM_DOCKER_API_VERSION)
+    try:
+        server_version = probe.version(api_version=False)["ApiVersion"]
+    except Exception as exc:
+        raise docker.errors.DockerException(f"Error while fetching server API version: {exc}") from exc
+    finally:
+        probe.close()
+    return client(server_version)
 
 
 def _docker_io_short(name: str) -> str:

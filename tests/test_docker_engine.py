@@ -361,6 +361,33 @@ def test_local_names_are_cleaned_up(daemon: Daemon, engine_registries: EngineReg
     daemon.remove_all_images()
 
 
+def test_docker_host_over_tls(dockerd_engine: Daemon, engine_registries: EngineRegistries,
+                              images: dict[str, OciImage], tmp_path: Path) -> None:
+    """docker.host tcp://... with docker.tls_verify and docker.cert_path (ca.pem) reach dockerd over
+    TLS; a CA that did not sign the daemon's certificate is refused at connect time."""
+    daemon, regs = dockerd_engine, engine_registries
+    assert daemon.tls_url and daemon.cert_dir
+    hosts = {r.host: RegistrySettings(insecure=True) for r in regs.all}
+    tls = DockerSettings(host=daemon.tls_url, tls_verify=True, cert_path=str(daemon.cert_dir))
+    m = mapping(regs.source, SINGLE, regs.target, "dockerd-tls")
+    with DockerEngine(Config(regs.target.host, registries=hosts, docker=tls),
+                      credentials=lambda host: ANONYMOUS) as engine:
+        result = engine.copy(m)
+        assert result.status == "copied", result.error
+        assert engine.verify(m)
+    from tests.support.registries import make_ca
+
+    other = make_ca(tmp_path / "other")
+    (tmp_path / "other" / "ca.pem").write_bytes(other.cert_file.read_bytes())
+    wrong = DockerSettings(host=daemon.tls_url, tls_verify=True, cert_path=str(tmp_path / "other"))
+    with DockerEngine(Config(regs.target.host, registries=hosts, docker=wrong),
+                      credentials=lambda host: ANONYMOUS) as engine:
+        refused = engine.copy(m)
+    assert refused.status == "failed"
+    assert (refused.error or "").startswith(f"connect to the Docker engine at {daemon.tls_url}")
+    assert "CERTIFICATE_VERIFY_FAILED" in (refused.error or "")
+
+
 # --------------------------------------------------------------------------- no daemon needed
 
 

@@ -38,7 +38,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.registries import REGISTRY_BINARY, AcrTokenServer, Registry, start_registry
+from tests.support.registries import (
+    REGISTRY_BINARY,
+    AcrTokenServer,
+    Registry,
+    free_port,
+    make_ca,
+    make_server_cert,
+    start_registry,
+)
 
 DAEMONS = ("dockerd", "podman")
 START_TIMEOUT = 30.0
@@ -69,6 +77,8 @@ class Daemon:
     log_file: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     dropin: Path | None = None  # podman: the registries.conf.d file written for the test registries
+    tls_url: str | None = None  # dockerd: tcp://127.0.0.1:PORT, TLS with a private CA
+    cert_dir: Path | None = None  # holds ca.pem (the docker CLI's DOCKER_CERT_PATH layout) for tls_url
 
     @property
     def base_url(self) -> str:
@@ -192,8 +202,11 @@ def _launch(daemon: Daemon, command: list[str]) -> Daemon:
     return daemon
 
 
-def start_dockerd(insecure: Iterable[str] = ()) -> Daemon:
-    """A private dockerd (Debian docker.io) that accepts plain HTTP from the ``insecure`` hosts."""
+def start_dockerd(insecure: Iterable[str] = (), *, tls: bool = False) -> Daemon:
+    """A private dockerd (Debian docker.io) that accepts plain HTTP from the ``insecure`` hosts.
+
+    With ``tls`` it also listens on ``tls_url`` (TCP on loopback, ``--tls``: the server presents a
+    certificate of a private CA, whose ``ca.pem`` is in ``cert_dir``; clients need no certificate)."""
     binary = shutil.which("dockerd")
     if binary is None:
         raise DaemonStartError("dockerd is not on PATH (apt-get install docker.io)")
@@ -201,8 +214,18 @@ def start_dockerd(insecure: Iterable[str] = ()) -> Daemon:
     insecure = tuple(insecure)
     daemon = Daemon("dockerd", workdir, workdir / "docker.sock", insecure, workdir / "dockerd.log")
     (workdir / "daemon.json").write_text("{}\n")
+    tls_args: list[str] = []
+    if tls:
+        ca = make_ca(workdir / "ca")
+        server = make_server_cert(ca, workdir / "server")
+        daemon.cert_dir = workdir / "client"
+        daemon.cert_dir.mkdir()
+        shutil.copy(ca.cert_file, daemon.cert_dir / "ca.pem")
+        daemon.tls_url = f"tcp://127.0.0.1:{free_port()}"
+        tls_args = ["-H", daemon.tls_url, "--tls", "--tlsverify=false", "--tlscacert", str(ca.cert_file),
+                    "--tlscert", str(server.cert_file), "--tlskey", str(server.key_file)]
     command = [
-        binary, "-H", daemon.base_url, "--config-file", str(workdir / "daemon.json"),
+        binary, "-H", daemon.base_url, *tls_args, "--config-file", str(workdir / "daemon.json"),
         "--data-root", str(workdir / "data"), "--exec-root", str(workdir / "exec"),
         "--pidfile", str(workdir / "dockerd.pid"), "--bridge=none", "--iptables=false", "--ip6tables=false",
         *[f"--insecure-registry={host}" for host in insecure],
@@ -291,11 +314,8 @@ def engine_registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engi
 
 
 def _daemon_fixture(kind: str, registries: EngineRegistries) -> Iterator[Daemon]:
-    require_daemon(kind)
-    try:
-        daemon = start_daemon(kind, registries.hosts)
-    except DaemonStartError as exc:
-        pytest.skip(f"cannot start {kind} here: {exc}")
+    require_daemon(kind)  # a missing binary skips; a daemon that is there but does not start is an error
+    daemon = start_dockerd(registries.hosts, tls=True) if kind == "dockerd" else start_podman(registries.hosts)
     try:
         yield daemon
     finally:
@@ -304,7 +324,8 @@ def _daemon_fixture(kind: str, registries: EngineRegistries) -> Iterator[Daemon]
 
 @pytest.fixture(scope="module")
 def dockerd_engine(engine_registries: EngineRegistries) -> Iterator[Daemon]:
-    """A private dockerd for the module, accepting plain HTTP from ``engine_registries``."""
+    """A private dockerd for the module, accepting plain HTTP from ``engine_registries``; also on
+    ``tls_url`` (TLS, CA in ``cert_dir``)."""
     yield from _daemon_fixture("dockerd", engine_registries)
 
 
