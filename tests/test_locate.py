@@ -271,6 +271,13 @@ spec:
     assert fields[1].namespace == "prod"
 
 
+def test_keys_spelled_with_escapes_are_still_found() -> None:
+    # documents without any image-like text are skipped; an escape defeats that test
+    text = 'kind: Service\nspec: {ports: [{port: 80}]}\n---\nkind: Pod\nspec:\n  "cont\\x61iners":\n  - "im\\x61ge": nginx\n'
+    (f,) = pods(text)
+    assert (f.document, f.path, f.value) == (1, "/spec/containers/0/image", "nginx")
+
+
 def test_path_escapes_keys() -> None:
     text = "kind: X\nspec:\n  a/b~c:\n    containers: [{image: i}]\n"
     (f,) = pods(text)

@@ -83,9 +83,10 @@ FILE_KINDS = ("manifest", "helm-values", "kustomization", "compose")
 # (SIGSEGV) somewhere between 20,000 and 40,000 levels; no real manifest nests beyond
 # a few dozen. Anything deeper than this is refused before composing.
 MAX_DEPTH = 1000
-# Walk budget: collection visits, alias re-visits included. A YAML bomb (nested
-# aliases) reaches it after a fraction of a second with memory bounded by the text.
-BUDGET_BASE = 100_000
+# Walk budget: collections reached again through aliases (and merge-key entries). A
+# YAML bomb (nested aliases) reaches it after a fraction of a second, with memory
+# bounded by the text; a document without aliases never comes near it.
+BUDGET_BASE = 20_000
 BUDGET_PER_NODE = 50
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -354,7 +355,8 @@ class _Walker:
         self.offset = offset
         self.has_merge = has_merge
         self.visits = 0
-        self.seen: set[int] = set()
+        self.seen: set[int] = set()  # collections walked
+        self.skipped: set[int] = set()  # collections not entered (nothing image-like in them)
         self._pairs: dict[int, dict[str, tuple[Node, Node]]] = {}
         self._scalars: dict[int, Scalar] = {}
 
@@ -363,6 +365,22 @@ class _Walker:
         if found is None:
             found = self._scalars[id(node)] = make_scalar(node, self.text, self.offset)
         return found
+
+    def may_matter(self, node: Node, relevant: list[int]) -> bool:
+        """_may_matter, remembering skipped nodes: reaching one again through an alias
+        counts against the budget like any re-visit."""
+        if id(node) in self.skipped:
+            self.revisit(node)
+            return False
+        if _may_matter(relevant, node):
+            return True
+        self.skipped.add(id(node))
+        return False
+
+    def revisit(self, node: Node) -> None:
+        """A collection reached again through an alias: counted against the budget
+        before it is walked again, so a bomb stops after little work."""
+        self.count(node)
 
     def count(self, node: Node) -> None:
         self.visits += 1
@@ -544,7 +562,7 @@ def locate(text: str, *, filename: str = "", content: str | None = None) -> list
         elif kind == "helm-values":
             found.extend(_walk(walker, index, root, helm=True))
         elif _may_matter(relevant, root):
-            found.extend(_walk(walker, index, root, helm=False))
+            found.extend(_walk(walker, index, root, helm=False, relevant=relevant))
     found.sort(key=lambda f: (f.document, f.line, f.path))
     return found
 
@@ -558,17 +576,24 @@ _RELEVANT = re.compile(r"image|ontainers|[*\\]", re.IGNORECASE)
 
 
 def _may_matter(relevant: list[int], node: Node) -> bool:
-    """Whether a manifest document's text holds a container list key, an image-ish word,
-    an alias (anything may hide behind one) or an escape (a key may be spelled with
-    one). Documents without any (Services, RBAC, most CRDs and ConfigMaps) cannot hold
-    a pod image or a hint and are not walked. `relevant`: sorted match offsets."""
+    """Whether a node's text holds a container list key, an image-ish word, an alias
+    (anything may hide behind one) or an escape (a key may be spelled with one).
+    Without any, the subtree cannot hold a pod image or a hint: whole documents
+    (Services, RBAC, most CRDs) and most of a workload are skipped.
+    `relevant`: sorted offsets of _RELEVANT matches, in mark coordinates."""
     i = bisect_left(relevant, node.start_mark.index)
     return i < len(relevant) and relevant[i] < node.end_mark.index
 _ARG_IMAGE = re.compile(r"--?[\w.-]*image[\w.-]*=(\S+)", re.IGNORECASE)
 
 
-def _walk(w: _Walker, index: int, root: Node, *, helm: bool) -> Iterator[ImageField]:
-    """Depth-first over every collection of one document (iterative: no recursion)."""
+def _walk(w: _Walker, index: int, root: Node, *, helm: bool, relevant: list[int] | None = None
+          ) -> Iterator[ImageField]:
+    """Depth-first over the collections of one document (iterative: no recursion).
+
+    With `relevant` (manifests), a subtree whose text has nothing image-like is not
+    entered (see _may_matter): metadata, probes, resources, ports are skipped for the
+    price of a binary search. Helm values are walked whole: there a map qualifies by
+    its parent's key, which lies outside the map's own text."""
     helm_globals = _helm_globals(w, root) if helm else {}
     # stack entries: (node, path cell, (kind, namespace, name), flags); a path cell is
     # (parent cell, key, node), so paths cost nothing until a field is reported.
@@ -582,9 +607,6 @@ def _walk(w: _Walker, index: int, root: Node, *, helm: bool) -> Iterator[ImageFi
                 continue
         else:
             seen.add(id(node))
-        w.visits += 1
-        if w.visits > BUDGET_BASE + BUDGET_PER_NODE * len(seen):
-            w.count(node)  # raises
         inherited = flags & (_STATUS | _UNDER_IMAGE)
         if isinstance(node, SequenceNode):
             if flags & _ITEMS:
@@ -593,6 +615,10 @@ def _walk(w: _Walker, index: int, root: Node, *, helm: bool) -> Iterator[ImageFi
             for i in range(len(items) - 1, -1, -1):
                 child = items[i]
                 if isinstance(child, _COLLECTIONS):
+                    if id(child) in seen:
+                        w.revisit(child)
+                    elif relevant is not None and not w.may_matter(child, relevant):
+                        continue
                     push((child, (cell, i, child), ctx, inherited))
             continue
         if not isinstance(node, MappingNode):
@@ -624,11 +650,19 @@ def _walk(w: _Walker, index: int, root: Node, *, helm: bool) -> Iterator[ImageFi
         if not (top or helm):  # the common case, kept lean
             for key, (_, child) in reversed(pairs.items()):
                 if isinstance(child, _COLLECTIONS):
+                    if id(child) in seen:
+                        w.revisit(child)
+                    elif relevant is not None and not w.may_matter(child, relevant):
+                        continue
                     push((child, (cell, key, child), ctx, inherited))
             continue
         list_root = top and (ctx[0] or "").endswith("List")
         for key, (_, child) in reversed(pairs.items()):
             if not isinstance(child, _COLLECTIONS):
+                continue
+            if id(child) in seen:
+                w.revisit(child)
+            elif relevant is not None and not w.may_matter(child, relevant):
                 continue
             child_flags = inherited
             if top:
