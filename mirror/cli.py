@@ -334,13 +334,28 @@ def verified_resolver(session: Session, engine: Any, pin: dict[str, str] | None 
 @click.option("--apply", "apply_patches_", is_flag=True,
               help="With --cluster: really patch the owners (default: server-side dry run).")
 @click.option("--force", is_flag=True, help="With --cluster: patch objects managed by Helm, Argo CD or Flux too.")
+@click.option("--git", "git_repos", multiple=True, type=click.Path(file_okay=False),
+              help="A local git checkout to update on a new branch with one commit (repeatable).")
+@click.option("--git-list", type=click.Path(dir_okay=False), help="A file listing git checkouts, one per line.")
+@click.option("--branch", default="acr-mirror/allowed-images", show_default=True, help="With --git: the new branch.")
+@click.option("--push", is_flag=True, help="With --git: push the branch to its remote.")
+@click.option("--remote", default="origin", show_default=True, help="With --git --push: the remote.")
 @guarded
 def rewrite(paths: tuple[str, ...], config_path: str, check: bool, diff: bool, verify: bool,
-            plan_path: str | None, pin_digests: bool, apply_patches_: bool, force: bool, **kwargs: Any) -> None:
-    """Rewrite refused image references in PATHs (in place) or, with --cluster, in live workloads."""
+            plan_path: str | None, pin_digests: bool, apply_patches_: bool, force: bool, git_repos: tuple[str, ...],
+            git_list: str | None, branch: str, push: bool, remote: str, **kwargs: Any) -> None:
+    """Rewrite refused image references in PATHs (in place), in git checkouts (--git, one branch
+    and commit each), or with --cluster in live workloads."""
     cluster = _cluster(kwargs)
-    if not paths and not cluster.enabled:
-        raise UsageError("give the files or directories to rewrite, or --cluster")
+    repos = [Path(r) for r in git_repos]
+    if git_list:
+        from .bulk import read_repo_list
+
+        repos += read_repo_list(git_list)
+    if repos and (paths or check or diff):
+        raise UsageError("--git rewrites whole checkouts: give no PATH, --check or --diff with it")
+    if not paths and not cluster.enabled and not repos:
+        raise UsageError("give the files or directories to rewrite, --git checkouts, or --cluster")
     session = Session(config_path, cluster)
     pins: dict[str, str] | None = None
     if plan_path:
@@ -365,12 +380,35 @@ def rewrite(paths: tuple[str, ...], config_path: str, check: bool, diff: bool, v
                                    max_bytes=session.config.scan.max_file_bytes, exclude=session.config.scan.exclude)
             report_rewrite(result, write=write, diff=diff)
             failed = bool(result.errors or (check and result.changed))
+        if repos:
+            failed = _rewrite_repos(session, verified_resolver(session, engine, pins), repos,
+                                    branch=branch, push=push, remote=remote) or failed
         if cluster.enabled:
             failed = _patch_cluster(session, engine, apply=apply_patches_, force=force) or failed
     finally:
         if engine is not None:
             engine.close()
     _exit(EXIT_FINDINGS if failed else 0)
+
+
+def _rewrite_repos(session: Session, resolve: Callable[[ImageRef], ImageRef | str], repos: list[Path], *,
+                   branch: str, push: bool, remote: str) -> bool:
+    """One branch and one commit per clean checkout; a summary table. True if any failed."""
+    from .bulk import BulkError, bulk_rewrite, summary_table
+
+    def rewrite_repo(repo: Path, write: bool = True) -> Any:
+        result = rewrite_paths([str(repo)], session.policy, resolve, write=write,
+                               max_bytes=session.config.scan.max_file_bytes, exclude=session.config.scan.exclude)
+        for skipped in result.skipped:
+            click.echo(f"skipped: {skipped}", err=True)
+        return result
+
+    try:
+        outcomes = bulk_rewrite(repos, rewrite_repo, branch=branch, push=push, remote=remote)
+    except BulkError as exc:
+        raise UsageError(str(exc)) from None
+    click.echo(summary_table(outcomes))
+    return any(o.status == "failed" or (push and o.status == "changed" and not o.pushed) for o in outcomes)
 
 
 def _patch_cluster(session: Session, engine: Any, *, apply: bool, force: bool) -> bool:

@@ -185,3 +185,36 @@ def test_pre_commit_try_repo(tmp_path):
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True, env=env)
     second = subprocess.run(pre_commit, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
+
+
+def _git(repo, *args, env=None):
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env).stdout
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
+def test_rewrite_git_checkouts_one_branch_and_commit_each(tmp_path, monkeypatch):
+    for key, value in {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
+                       "GIT_COMMITTER_EMAIL": "t@example.com"}.items():
+        monkeypatch.setenv(key, value)
+    repos = []
+    for name in ("clean", "dirty"):
+        repo = tmp_path / name
+        repo.mkdir()
+        (repo / "web.yaml").write_text(DEPLOYMENT)
+        _git(repo, "init", "-q", "-b", "main")
+        _git(repo, "add", "-A")
+        _git(repo, "commit", "-qm", "init")
+        repos.append(repo)
+    (repos[1] / "web.yaml").write_text(DEPLOYMENT + "# local edit\n")
+    (tmp_path / "repos.txt").write_text("# checkouts\nclean\n")
+    (tmp_path / "config.yaml").write_text(CONFIG)
+    result = run(["rewrite", "--config", str(tmp_path / "config.yaml"), "--no-verify", "--git-list",
+                  str(tmp_path / "repos.txt"), "--git", str(repos[1])])
+    assert result.exit_code == 0, result.output
+    assert "uncommitted changes" in result.stdout
+    assert _git(repos[0], "rev-parse", "--abbrev-ref", "HEAD").strip() == "acr-mirror/allowed-images"
+    message = _git(repos[0], "log", "-1", "--format=%B")
+    assert "nginx:1.27 -> crazureblue.azurecr.io/docker.io/library/nginx:1.27" in message
+    assert _git(repos[0], "rev-list", "--count", "main..HEAD").strip() == "1"
+    assert (repos[1] / "web.yaml").read_text() == DEPLOYMENT + "# local edit\n"
+    assert "acr-mirror/allowed-images" not in _git(repos[1], "branch")
