@@ -32,7 +32,7 @@ from manifests_rewriter.rewrite import rewrite_paths
 from manifests_rewriter.scan import ScanResult, scan_paths
 
 from . import __version__, report
-from .migrate import lock_mirrored, run_migration, verify_target
+from .migrate import lock_mirrored, run_migration, verify_target, written_target
 from .plan import Plan, PlanError, parse_shard, plan_from_findings
 
 
@@ -315,7 +315,8 @@ def verified_resolver(session: Session, engine: Any, pin: dict[str, str] | None 
             if problem:
                 cache[key] = f"not rewritten: {problem}"
             else:
-                cache[key] = target.with_digest(digest) if digest and not ref.digest else target
+                target = target.with_digest(digest) if digest and not ref.digest else target
+                cache[key] = written_target(target, session.config.copy.engine)
         return cache[key]
 
     return resolve
@@ -371,7 +372,7 @@ def rewrite(paths: tuple[str, ...], config_path: str, check: bool, diff: bool, v
             raise UsageError("--cluster never patches a workload to an unverified image: drop --no-verify")
         click.echo("warning: --no-verify: references are rewritten by name only, whether or not the image "
                    "is in the target", err=True)
-    engine = session.engine("registry") if verify else None
+    engine = session.engine() if verify else None  # the configured engine knows what its copies look like
     failed = False
     try:
         if paths:

@@ -226,7 +226,7 @@ class DockerEngine:
     `DOCKER_TLS_VERIFY`/`DOCKER_CERT_PATH`). `credentials(host)` returns the credentials for a
     registry host (default: `mirror.registry.credentials.credentials_for` with that host's settings),
     passed to the daemon per call. `progress(event, info)` receives "start", "image-warning",
-    "pull", "push", "blob-done" and one of "image-done", "image-present", "image-failed" per image.
+    "pull", "push", "blob-done" and "done" (the CopyResult's fields) per image, as CopyEngine does.
     `client` may be a ready `docker.APIClient` (else one is made on first use). Thread-safe.
     """
 
@@ -275,9 +275,7 @@ class DockerEngine:
             result.error = _describe(exc, f"copy {mapping.source} to {mapping.target} with the Docker engine")
         result.seconds = round(time.monotonic() - started, 3)
         result.rate_limit = self._rate_limit(mapping)
-        event = {"copied": "image-done", "present": "image-present"}.get(result.status, "image-failed")
-        self._emit(event, {"source": result.source, "target": result.target, "error": result.error,
-                           "digest": result.digest, "target_digest": result.target_digest, "note": result.note})
+        self._emit("done", result.as_json())  # the same event as the registry engine's
         return result
 
     def copy_all(self, mappings: Sequence[Mapping], *, fail_fast: bool = False) -> list[CopyResult]:

@@ -36,6 +36,19 @@ def verify_target(engine: Any, mapping: Mapping, digest: str | None = None) -> s
     return f"{mapping.target} is not in the target registry with the source's digest"
 
 
+def written_target(target: ImageRef, engine_name: str) -> ImageRef:
+    """The reference to write into the manifests. The Docker path re-serializes manifests, so a
+    pinned source digest does not exist in the target: such references are written by tag (a
+    digest-only one by its `sha256-<hex>` tag). Verification allows this only with
+    docker.allow_digest_change."""
+    if engine_name != "docker" or not target.digest:
+        return target
+    from .registry.media import digest_tag
+
+    return ImageRef(target.registry, target.repository, target.tag or digest_tag(target.digest), None,
+                    original=f"{target.name}:{target.tag or digest_tag(target.digest)}")
+
+
 def lock_mirrored(config: Any, results: list[Any]) -> list[str]:
     """With copy.lock (ACR): make each mirrored image read-only. Returns the failures, one line each."""
     if not config.copy.lock:
@@ -81,7 +94,7 @@ def run_migration(session: Any, paths: tuple[str, ...], *, dry_run: bool = False
             elif problem := verify_target(engine, mapping, result.target_digest or result.digest):
                 reasons[entry.source] = problem
             else:
-                verified[entry.source] = parse(entry.target)
+                verified[entry.source] = written_target(parse(entry.target), engine_name or config.copy.engine)
     finally:
         engine.close()
 

@@ -139,9 +139,10 @@ def test_copy_single_platform_image(daemon: Daemon, engine_registries: EngineReg
         assert json.loads(json.dumps(result.as_json()))["status"] == "copied"
     # warned before copying; pull and push progress; one done event per image
     events = [name for name, _ in recorder.events]
-    assert events.index("image-warning") < events.index("pull") < events.index("push") < events.index("image-done")
-    assert {"pull", "push", "image-done", "image-present"} <= recorder.names()
-    done = recorder.of("image-done")[0]
+    assert events.index("image-warning") < events.index("pull") < events.index("push") < events.index("done")
+    assert {"pull", "push", "done"} <= recorder.names()
+    assert [d["status"] for d in recorder.of("done")] == ["copied", "present"]
+    done = recorder.of("done")[0]
     assert done["source"] == str(m.source) and done["target"] == str(m.target) and done["error"] is None
 
 
@@ -197,9 +198,8 @@ def test_failing_pull_is_reported_clearly(daemon: Daemon, engine_registries: Eng
     assert error.startswith(f"pull {regs.source.host}/team/does-not-exist:9.9 with {daemon.kind}")
     assert "manifest unknown" in error
     assert "ImageNotFound" not in error and "No such image" not in error
-    failed = recorder.of("image-failed")
-    assert len(failed) == 1 and failed[0]["error"] == error
-    assert "image-done" not in recorder.names()
+    done = recorder.of("done")
+    assert len(done) == 1 and done[0]["status"] == "failed" and done[0]["error"] == error
 
 
 def test_failing_push_is_reported_clearly(daemon: Daemon, engine_registries: EngineRegistries,
@@ -215,7 +215,7 @@ def test_failing_push_is_reported_clearly(daemon: Daemon, engine_registries: Eng
     error = result.error or ""
     assert error.startswith(f"push {regs.basic.host}/{daemon.kind}-anonymous/{SINGLE} with {daemon.kind}")
     assert any(text in error for text in ("no basic auth credentials", "authentication required", "unauthorized"))
-    assert recorder.of("image-failed")[0]["error"] == error
+    assert recorder.of("done")[0]["status"] == "failed" and recorder.of("done")[0]["error"] == error
     assert daemon.image_names() == before  # cleaned up after a failure too
 
 
