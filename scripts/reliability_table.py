@@ -27,6 +27,7 @@ ROWS = (
     ("hostile", "Hostile input (bombs, huge/binary files, links, races, bad registries, bad config)",
      "inputs tried", "handled"),
     ("secrets", "Secrets in logs, errors, reports, exceptions (any verbosity)", "secrets planted", "leaked"),
+    ("load", "Load: small images at concurrency 16 through a per-registry limit", "images", "copied"),
 )
 
 
@@ -48,6 +49,13 @@ def render(data: dict[str, Any]) -> str:
             leaked = int(figures.get("extra", {}).get("leaked", 0))
             unchecked = tried - figures["handled"] - leaked  # planted in tests that did not pass
             result = f"{_num(leaked)} {handled_name}" + (f" ({_num(unchecked)} not checked)" if unchecked > 0 else "")
+        elif cat == "load":
+            if not tried:
+                continue  # the load test is slow: not in every run
+            extra = figures.get("extra", {})
+            result = (f"{_num(figures['handled'])} {handled_name}, peak RSS {extra.get('peak_rss_mib', 0):.0f} MiB, "
+                      f"at most {extra.get('max_in_flight', 0):.0f} requests in flight per registry "
+                      f"(limit {extra.get('limit', 0):.0f})")
         else:
             result = f"{_num(figures['handled'])} {handled_name}"
         lines.append(f"| {what} | {_num(tried)} {tried_name} | {result} |")
@@ -57,7 +65,7 @@ def render(data: dict[str, Any]) -> str:
         "",
         f"Last run: {data.get('finished', '?')} on {data.get('machine', '?')}, Python {data.get('python', '?')}; "
         f"{data.get('collected', 0)} tests: {summary}"
-        + ("" if data.get("complete", True) else f" (partial run: {len(data.get('deselected', []))} deselected)")
+        + (f" ({len(data['slow_not_run'])} slow tests not run)" if data.get("slow_not_run") else "")
         + ".",
     ]
     kinds = {k.split(".", 1)[1]: v for k, v in cats.get("faults", {}).get("extra", {}).items()

@@ -8,11 +8,12 @@ Tests report what they tried through the ``figures`` fixture::
 A test records ``tried`` before its assertions and ``handled`` after them, so a failing test
 keeps its tries and loses its successes.  At the end of the session the figures of every test,
 with its outcome, are written to ``last-run.json`` next to this file; ``scripts/reliability_table.py``
-renders the README table from it (and is run here when the whole folder ran).  The numbers in the
+renders the README table from it (and is run here when every test of the folder ran, the slow ones aside).  The numbers in the
 table therefore always come from a run, never from a hand.
 
 Categories: ``faults`` (injected / survived), ``kills`` (kill points / clean recoveries),
-``hostile`` (inputs tried / handled), ``secrets`` (planted / leaked, via ``leaked=``).
+``hostile`` (inputs tried / handled), ``secrets`` (planted / leaked, via ``leaked=``), ``load`` (images
+synced / copied, with ``peak_rss_mib=``, ``max_in_flight=``, ``limit=``).
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ from .faultproxy import FaultProxy
 
 HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "last-run.json"
-CATEGORIES = ("faults", "kills", "hostile", "secrets")
+CATEGORIES = ("faults", "kills", "hostile", "secrets", "load")
 
 _outcomes: dict[str, dict[str, Any]] = {}
 _deselected: list[str] = []
-_collected: list[str] = []
+_collected: dict[str, bool] = {}  # node id -> marked slow
 
 
 def _is_ours(item: pytest.Item) -> bool:
@@ -52,7 +53,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _is_ours(item):
             item.add_marker(pytest.mark.reliability)
-            _collected.append(item.nodeid)
+            _collected[item.nodeid] = item.get_closest_marker("slow") is not None
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:
@@ -125,7 +126,10 @@ def _summarise() -> dict[str, Any]:
                     for k, v in value.items():
                         extras[cat][f"{key}.{k}"] += int(v)
                 elif isinstance(value, int | float) and not isinstance(value, bool):
-                    extras[cat][key] += value
+                    if key.startswith(("peak_", "max_", "limit")):
+                        extras[cat][key] = max(extras[cat][key], value)
+                    else:
+                        extras[cat][key] += value
         for cat in seen:
             totals[cat]["tests"] += 1
     for cat in CATEGORIES:
@@ -137,13 +141,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not _outcomes:
         return
     outcomes = collections.Counter(r["outcome"] for r in _outcomes.values())
+    not_run = sorted(set(_collected) - set(_outcomes))
     data = {
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
         "collected": len(_collected),
         "deselected": sorted(_deselected),
-        "complete": not _deselected and len(_outcomes) == len(_collected),
+        "complete": not not_run,
+        "slow_not_run": [n for n in not_run if _collected[n]],
+        # every test but (perhaps) the slow ones ran: the table may be rendered from this run
+        "renderable": not [n for n in not_run if not _collected[n]],
         "outcomes": dict(sorted(outcomes.items())),
         "categories": _summarise(),
         "tests": dict(sorted(_outcomes.items())),
@@ -152,7 +160,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         RESULTS_JSON.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n", encoding="utf-8")
     except OSError:
         return
-    if data["complete"]:
+    if data["renderable"]:
         try:
             sys.path.insert(0, str(HERE.parent.parent))
             from scripts.reliability_table import write_results
@@ -178,3 +186,153 @@ def fault_proxy() -> Iterator[Callable[..., FaultProxy]]:
     yield make
     for proxy in proxies:
         proxy.stop()
+
+
+# --------------------------------------------------------------------------- registries and configs
+
+ACCEPT_ALL = ", ".join([
+    "application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json",
+])
+
+
+def write_config(path: Path, target_host: str, registries: dict[str, dict[str, Any]], *,
+                 naming: str = "{repository}", extra: str = "", **copy: Any) -> Path:
+    """An acr-mirror config: target, a policy that accepts exactly the target names, per-host settings."""
+    lines = [f"target: {{registry: '{target_host}', naming: '{naming}'}}",
+             "policy:", f"  imageRegex: '^{re_escape(target_host)}/.+$'"]
+    if registries:
+        lines.append("registries:")
+        for host, settings in registries.items():
+            body = ", ".join(f"{k}: {json.dumps(v)}" for k, v in settings.items())
+            lines.append(f"  '{host}': {{{body}}}")
+    if copy:
+        lines.append("copy: {" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in copy.items()) + "}")
+    path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
+    return path
+
+
+def re_escape(text: str) -> str:
+    return text.replace(".", "\\.")
+
+
+def _get(client: Any, url: str, **kwargs: Any) -> Any:
+    response = client.get(url, **kwargs)
+    response.raise_for_status()
+    return response
+
+
+def catalog(client: Any, url: str) -> list[str]:
+    """Every repository of the registry at ``url`` (paginated through the Link header)."""
+    repositories: list[str] = []
+    path = "/v2/_catalog?n=1000"
+    while path:
+        response = _get(client, url + path)
+        repositories += response.json().get("repositories") or []
+        link = response.headers.get("Link", "")
+        path = link[link.index("<") + 1:link.index(">")] if "<" in link else ""
+    return repositories
+
+
+def registry_state(url: str) -> dict[str, str]:
+    """``repository:tag`` -> manifest digest, for every tag of every repository (read directly, no proxy)."""
+    import httpx
+
+    state: dict[str, str] = {}
+    with httpx.Client(timeout=30) as client:
+        repositories = catalog(client, url)
+        for repo in repositories:
+            tags = client.get(f"{url}/v2/{repo}/tags/list")
+            if tags.status_code == 404:
+                continue
+            for tag in tags.json().get("tags") or []:
+                head = client.head(f"{url}/v2/{repo}/manifests/{tag}", headers={"Accept": ACCEPT_ALL})
+                state[f"{repo}:{tag}"] = head.headers.get("Docker-Content-Digest", f"HTTP {head.status_code}")
+    return state
+
+
+def integrity_problems(url: str) -> list[str]:
+    """Tags whose image is not whole: a manifest, child manifest or blob it references is missing (or lies)."""
+    import hashlib
+
+    import httpx
+
+    problems: list[str] = []
+    with httpx.Client(timeout=30) as client:
+        repositories = catalog(client, url)
+        for repo in repositories:
+            tags = client.get(f"{url}/v2/{repo}/tags/list")
+            if tags.status_code == 404:
+                continue
+            for tag in tags.json().get("tags") or []:
+                pending = [tag]
+                while pending:
+                    reference = pending.pop()
+                    response = client.get(f"{url}/v2/{repo}/manifests/{reference}", headers={"Accept": ACCEPT_ALL})
+                    if response.status_code != 200:
+                        problems.append(f"{repo}:{tag}: manifest {reference} is missing ({response.status_code})")
+                        continue
+                    actual = "sha256:" + hashlib.sha256(response.content).hexdigest()
+                    if reference.startswith("sha256:") and actual != reference:
+                        problems.append(f"{repo}:{tag}: manifest {reference} holds bytes of {actual}")
+                    manifest = response.json()
+                    for child in manifest.get("manifests") or []:
+                        pending.append(child["digest"])
+                    for blob in [manifest.get("config"), *(manifest.get("layers") or [])]:
+                        if not blob or blob.get("urls"):
+                            continue
+                        head = client.head(f"{url}/v2/{repo}/blobs/{blob['digest']}")
+                        if head.status_code != 200:
+                            problems.append(f"{repo}:{tag}: blob {blob['digest']} is missing ({head.status_code})")
+                        elif int(head.headers.get("Content-Length", -1)) != blob["size"]:
+                            problems.append(f"{repo}:{tag}: blob {blob['digest']} has the wrong size")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def seeded_source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """One source registry per module with the standard image set (seeding takes seconds: do it once)."""
+    import shutil
+
+    from tests.support.images import seed_standard_set
+    from tests.support.registries import start_registry
+
+    if shutil.which("docker-registry") is None or shutil.which("skopeo") is None:
+        pytest.skip("needs docker-registry and skopeo")
+    registry = start_registry(tmp_path_factory.mktemp("source"))
+    try:
+        seeded = seed_standard_set(registry, tmp_path_factory.mktemp("images"))
+        yield registry, seeded
+    finally:
+        registry.stop()
+
+
+@pytest.fixture(scope="module")
+def module_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One target registry per module; use ``empty_target`` to get it wiped."""
+    import shutil
+
+    from tests.support.registries import start_registry
+
+    if shutil.which("docker-registry") is None:
+        pytest.skip("needs docker-registry")
+    registry = start_registry(tmp_path_factory.mktemp("target"))
+    try:
+        yield registry
+    finally:
+        registry.stop()
+
+
+@pytest.fixture
+def empty_target(module_target: Any) -> Any:
+    module_target.wipe()
+    return module_target
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for running the CLIs as subprocesses from the working tree."""
+    root = HERE.parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACR_MIRROR_", "DOCKER_", "AZURE_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "manifests-rewriter")])
+    env["DOCKER_CONFIG"] = str(HERE / "no-docker-config")  # never the user's credentials
+    return env

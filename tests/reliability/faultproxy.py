@@ -289,6 +289,16 @@ class FaultProxy:
 
     # ------------------------------------------------------------------ bookkeeping
 
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Wait until no request is being handled (a client may read a response before the proxy is done)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self.in_flight == 0:
+                    return True
+            time.sleep(0.01)
+        return False
+
     @property
     def total_injected(self) -> int:
         return sum(self.injected.values())

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
+import os
+import re
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -73,6 +77,7 @@ def test_proxy_passes_requests_and_uploads_through(target_registry: Any, fault_p
     proxy = fault_proxy(target_registry.url)
     data = b"hello through the proxy\n" * 1000
     digest = _push_blob(proxy.url, "probe/upload", data)
+    assert proxy.wait_idle()
     # the Location URL the registry built named the proxy (Host kept), so the PUT went through it too
     methods = [(s.method, s.host) for s in proxy.seen]
     assert [m for m, _ in methods] == ["POST", "PUT"]
@@ -82,6 +87,7 @@ def test_proxy_passes_requests_and_uploads_through(target_registry: Any, fault_p
     assert body == data
     status, body, error = _raw_get(proxy.host, f"/v2/probe/upload/blobs/{digest}", "HEAD")
     assert (status, body, error) == (200, b"", None)
+    assert proxy.wait_idle()
     assert proxy.total_injected == 0
     assert proxy.requests == 4
 
@@ -209,3 +215,158 @@ def test_random_faults_are_seeded_and_fit_the_request():
     assert 150 < len(injected) < 250
     assert not any(d.startswith("PUT:") and d.split(":")[1] in ("reset-body", "truncate", "corrupt") for d in first)
     assert {d.split(":")[1] for d in injected} == set(ALL_RANDOM_KINDS)
+
+
+# --------------------------------------------------------------------------- sync through faults
+
+from click.testing import CliRunner  # noqa: E402
+
+from mirror import cli  # noqa: E402
+
+from .conftest import integrity_problems, registry_state, write_config  # noqa: E402
+from .faultproxy import chain, repository_of  # noqa: E402
+
+
+def _images(seeded: dict[str, Any]) -> list[str]:
+    return [*seeded["images"], seeded["index"]["ref"]]
+
+
+def _sync(tmp_path: Path, source: Any, target: Any, psrc: FaultProxy, ptgt: FaultProxy, refs: list[str],
+          **copy: Any) -> tuple[Any, dict[str, Any]]:
+    config = write_config(tmp_path / "config.yaml", target.host, {
+        source.host: {"endpoint": psrc.url, "insecure": True},
+        target.host: {"endpoint": ptgt.url, "insecure": True},
+    }, **copy)
+    report = tmp_path / "report.json"
+    args = ["sync", "--config", str(config), "--report", str(report)]
+    for ref in refs:
+        args += ["--image", source.ref(ref)]
+    result = CliRunner().invoke(cli.main, args, catch_exceptions=False)
+    return result, json.loads(report.read_text()) if report.exists() else {}
+
+
+def _same_as_source(source: Any, target: Any, ref: str) -> bool:
+    """skopeo inspect --raw through direct, non-proxied URLs: the target serves the source's bytes."""
+    from tests.support.images import inspect_raw
+
+    return inspect_raw(ref, source) == inspect_raw(ref, target)
+
+
+SEEDS = [int(s) for s in os.environ.get("FAULT_SEEDS", "1,2,3").split(",")]
+# Every kind but "corrupt": a corrupted body is tested deterministically below (see the BUG there).
+TRANSPORT_KINDS = tuple(k for k in ALL_RANDOM_KINDS if k != "corrupt")
+
+
+def _check_complete(source: Any, target: Any, seeded: dict[str, Any], refs: list[str], result: Any,
+                    report: dict[str, Any]) -> None:
+    assert result.exit_code == 0, result.output
+    assert [i["status"] for i in report["images"]] == ["copied"] * len(refs), [i["error"] for i in report["images"]]
+    expected = {**seeded["images"], seeded["index"]["ref"]: seeded["index"]["digest"]}
+    assert {i["source"].split("/", 1)[1]: i["digest"] for i in report["images"]} == expected
+    for ref in refs:
+        assert _same_as_source(source, target, ref), ref
+    # signatures and referrers came along, and every tag in the target is a whole image
+    state = registry_state(target.url)
+    assert state[seeded["signature"]["ref"]] == seeded["signature"]["digest"]
+    assert integrity_problems(target.url) == []
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_sync_at_ten_percent_faults_verifies_every_digest(seeded_source: Any, empty_target: Any, tmp_path: Path,
+                                                          fault_proxy: Callable[..., FaultProxy], seed: int,
+                                                          figures: Any):
+    """10 % of all requests, on both registries: 5xx, 429 (with and without Retry-After), resets before,
+    after the headers and inside the body, truncated bodies, slow answers."""
+    source, seeded = seeded_source
+    target = empty_target
+    psrc = fault_proxy(source.url, RandomFaults(0.10, seed=seed, kinds=TRANSPORT_KINDS))
+    ptgt = fault_proxy(target.url, RandomFaults(0.10, seed=seed + 100, kinds=TRANSPORT_KINDS))
+    refs = _images(seeded)
+    started = time.monotonic()
+    result, report = _sync(tmp_path, source, target, psrc, ptgt, refs)
+    elapsed = time.monotonic() - started
+    injected = psrc.injected + ptgt.injected
+    figures.record("faults", tried=sum(injected.values()), by_kind=dict(injected))
+    assert sum(injected.values()) >= 10, f"only {dict(injected)} injected in {psrc.requests + ptgt.requests} requests"
+    _check_complete(source, target, seeded, refs, result, report)
+    figures.record("faults", handled=sum(injected.values()))
+    print(f"seed {seed}: {sum(injected.values())} faults in {psrc.requests + ptgt.requests} requests "
+          f"({dict(injected)}), {elapsed:.1f} s")
+
+
+def _first_get_of_each_digest() -> Any:
+    """Corrupt the first GET of every blob and of every manifest by digest (bytes flipped, length kept)."""
+    seen: set[str] = set()
+    lock = threading.Lock()
+
+    def policy(request: ProxyRequest) -> str | None:
+        if request.method != "GET" or "sha256:" not in request.path:
+            return None
+        key = request.path.split("?", 1)[0].rsplit("/", 1)[-1]
+        with lock:
+            if key in seen:
+                return None
+            seen.add(key)
+        return "corrupt"
+
+    return policy
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: mirror/registry/client.py + errors.py: a body whose sha256 does not "
+                   "match (DIGEST_INVALID, raised by BlobStream and get_manifest) is never retried, so one "
+                   "corrupted transfer fails the image; bytes damaged in transit must be fetched again (retry) and "
+                   "fail only when they stay wrong. At 10 % faults with 'corrupt' in the mix, 9 of 25 seeded "
+                   "syncs lost an image this way.")
+def test_corrupted_bytes_in_transit_are_fetched_again(seeded_source: Any, empty_target: Any, tmp_path: Path,
+                                                       fault_proxy: Callable[..., FaultProxy], figures: Any):
+    source, seeded = seeded_source
+    target = empty_target
+    psrc = fault_proxy(source.url, chain(_first_get_of_each_digest(),
+                                         RandomFaults(0.10, seed=7, kinds=TRANSPORT_KINDS)))
+    ptgt = fault_proxy(target.url, RandomFaults(0.10, seed=107))
+    refs = _images(seeded)
+    result, report = _sync(tmp_path, source, target, psrc, ptgt, refs)
+    injected = psrc.injected + ptgt.injected
+    figures.record("faults", tried=sum(injected.values()), by_kind=dict(injected))
+    assert psrc.injected["corrupt"] >= 20
+    _check_complete(source, target, seeded, refs, result, report)
+    figures.record("faults", handled=sum(injected.values()))
+
+
+def test_permanently_failing_images_are_named_and_the_others_complete(
+        seeded_source: Any, empty_target: Any, tmp_path: Path, fault_proxy: Callable[..., FaultProxy], figures: Any):
+    """team/worker always answers 500; a layer of tools/debug always arrives corrupt; 10 % faults elsewhere."""
+    source, seeded = seeded_source
+    target = empty_target
+    debug = json.loads(seeded["oci"]["tools/debug:latest"].manifest)
+    bad_layer = debug["layers"][-1]["digest"]  # unique to tools/debug
+    broken = chain(
+        always("500", lambda r: repository_of(r.path) == "team/worker"),
+        always("corrupt", lambda r: r.method == "GET" and r.path.endswith(f"/blobs/{bad_layer}")),
+        RandomFaults(0.10, seed=3, kinds=TRANSPORT_KINDS),
+    )
+    psrc = fault_proxy(source.url, broken)
+    ptgt = fault_proxy(target.url, RandomFaults(0.10, seed=4, kinds=TRANSPORT_KINDS))
+    refs = _images(seeded)
+    result, report = _sync(tmp_path, source, target, psrc, ptgt, refs)
+    injected = psrc.injected + ptgt.injected
+    figures.record("faults", tried=sum(injected.values()), by_kind=dict(injected))
+    assert result.exit_code == 1, result.output
+    by_source = {i["source"].split("/", 1)[1]: i for i in report["images"]}
+    failed = {ref for ref, item in by_source.items() if item["status"] == "failed"}
+    assert failed == {"team/worker:3.1", "tools/debug:latest"}, {r: by_source[r]["error"] for r in failed}
+    assert all(by_source[r]["status"] == "copied" for r in refs if r not in failed)
+    worker, dbg = by_source["team/worker:3.1"], by_source["tools/debug:latest"]
+    assert "team/worker" in worker["error"] and "500" in worker["error"]
+    assert bad_layer in dbg["error"] and re.search(r"digest|hashes to", dbg["error"]), dbg["error"]
+    # the failures are named on stderr too, one line each
+    assert len({line for line in result.stderr.splitlines() if line.startswith("failed:")}) == 2
+    state = registry_state(target.url)
+    assert not any(key.startswith(("team/worker:", "tools/debug:")) for key in state), state
+    with httpx.Client() as client:  # the corrupt bytes were never committed
+        assert client.head(f"{target.url}/v2/tools/debug/blobs/{bad_layer}").status_code == 404
+    assert integrity_problems(target.url) == []
+    for ref in refs:
+        if ref not in failed:
+            assert _same_as_source(source, target, ref), ref
+    figures.record("faults", handled=sum(injected.values()))
