@@ -19,6 +19,7 @@ Rules (issue 3):
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -168,6 +169,7 @@ class CopyEngine:
             dst = self._repo(mapping.target)
             plan = self._plan(mapping, src, result)
             result.status = "present" if self._present(dst, plan) else "planned"
+            result.platforms = self._platforms(src, plan.manifest or src.get_manifest(plan.source_digest))
         except Exception as exc:
             result.status = "failed"
             result.error = _describe(exc, f"check {mapping.source} against {mapping.target}")
@@ -232,6 +234,19 @@ class CopyEngine:
                                     f"index {top.digest} instead of {digest}")
         result.target_digest = top.digest if top else digest
         return _Plan(digest, tag, result.target_digest, manifest, top, kept)
+
+    def _platforms(self, src: Repository, manifest: Manifest) -> list[str]:
+        """An index lists its platforms; a single image's platform is in its config blob (small)."""
+        if manifest.is_index:
+            return manifest.platforms
+        if not manifest.blobs or "json" not in (manifest.blobs[0].media_type or ""):
+            return []  # an artifact, or no config
+        config = manifest.blobs[0]
+        with src.open_blob(config.digest, config.size) as stream:
+            data = json.loads(b"".join(stream.chunks()))
+        if not isinstance(data, dict) or not data.get("os") or not data.get("architecture"):
+            return []
+        return ["/".join(str(x) for x in (data["os"], data["architecture"], data.get("variant")) if x)]
 
     def _present(self, dst: Repository, plan: _Plan) -> bool:
         info = dst.head_manifest(plan.tag)
