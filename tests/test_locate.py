@@ -694,8 +694,11 @@ def container_bomb() -> str:
         "{a: " * 50_000 + "b" + "}" * 50_000,
         "- " * 5_000 + "x\n",
         "a:\n" + "".join(" " * (i + 1) + f"k{i}:\n" for i in range(3000)),
+        "k:\r" + "- " * 50_000 + "x\r",  # CR-only line breaks hide the deep line from a naive check
+        "k:\u2028" + "- " * 50_000 + "x\n",
     ],
-    ids=["billion-laughs", "container-bomb", "deep-flow", "deep-flow-map", "deep-block-seq", "deep-block-map"],
+    ids=["billion-laughs", "container-bomb", "deep-flow", "deep-flow-map", "deep-block-seq", "deep-block-map",
+         "deep-block-after-cr", "deep-block-after-ls"],
 )
 def test_bombs_and_deep_nesting_fail_fast(text: str) -> None:
     started = time.perf_counter()
@@ -718,6 +721,16 @@ def test_long_merge_chains_and_nested_merges_need_no_recursion() -> None:
     assert len(pods(chain)) == 3000
     nested = "x: " + "{<<: " * 990 + "{containers: [{image: y}]}" + "}" * 990 + "\n"
     assert [f.path for f in pods(nested)] == ["/x/containers/0/image"]
+
+
+def test_merge_chains_that_grow_are_refused_but_big_documents_are_not() -> None:
+    growing = "a0: &a0 {k0: 0}\n" + "".join(f"a{i}: &a{i} {{<<: *a{i - 1}, k{i}: {i}}}\n" for i in range(1, 20_000))
+    started = time.perf_counter()
+    with pytest.raises(LocateError, match="expanding aliases"):
+        locate(growing)
+    assert time.perf_counter() - started < 2.0
+    big = "x: &x {a: 1}\ny: {<<: *x}\n" + "".join(f"k{i}: {{containers: [{{image: i{i}}}]}}\n" for i in range(30_000))
+    assert len(pods(big)) == 30_000
 
 
 def test_moderate_alias_reuse_is_fine() -> None:

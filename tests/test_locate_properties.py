@@ -4,12 +4,15 @@ byte outside their spans."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from unittest import mock
 
 import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from manifests_rewriter import locate as locate_module
 from manifests_rewriter.locate import YamlError, locate
 from manifests_rewriter.reference import ImageRef, try_parse
 from manifests_rewriter.splice import apply_edits, byte_span, edits_for
@@ -21,12 +24,19 @@ GENERATED = settings(max_examples=200, deadline=None, suppress_health_check=[Hea
 # ----------------------------------------------------------------------------- any text
 
 
+def _unpruned(text: str) -> list:
+    """locate() with every subtree considered relevant (no text-based skipping)."""
+    with mock.patch.object(locate_module, "_RELEVANT", re.compile(r"(?s).")):
+        return locate(text)
+
+
 def _locate_or_yaml_error(text: str) -> None:
     try:
         fields = locate(text)
     except YamlError as exc:
         assert str(exc)  # a readable message
         return
+    assert fields == _unpruned(text)  # skipping subtrees by their text loses nothing
     for f in fields:  # whatever was found, exact regions hold their values
         s = f.scalar
         if s is not None and s.exact:
@@ -180,6 +190,7 @@ def _set(doc: object, pointer: str, value: str) -> None:
 def test_generated_manifests_are_found_and_rewritten_byte_exactly(case: tuple[str, dict]) -> None:
     text, expected = case
     fields = locate(text)
+    assert fields == _unpruned(text)
     assert all(f.source == "pod" for f in fields)
     assert {(f.document, f.path): f.value for f in fields} == expected
     assert len(fields) == len(expected)

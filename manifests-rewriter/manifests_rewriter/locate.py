@@ -83,7 +83,7 @@ FILE_KINDS = ("manifest", "helm-values", "kustomization", "compose")
 # (SIGSEGV) somewhere between 20,000 and 40,000 levels; no real manifest nests beyond
 # a few dozen. Anything deeper than this is refused before composing.
 MAX_DEPTH = 1000
-# Walk budget: collections reached again through aliases (and merge-key entries). A
+# Walk budget: collections reached again through aliases (and merged entries). A
 # YAML bomb (nested aliases) reaches it after a fraction of a second, with memory
 # bounded by the text; a document without aliases never comes near it.
 BUDGET_BASE = 20_000
@@ -95,6 +95,7 @@ _NULL_TAG = "tag:yaml.org,2002:null"
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _LINE_BREAK = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")
 _BREAK_CHARS = "\r\n\x85\u2028\u2029"
+_ODD_BREAK = re.compile(r"\r(?!\n)|[\x85\u2028\u2029]")  # line breaks other than \n and \r\n
 
 _STYLES = {None: "plain", "": "plain", "'": "single", '"': "double", "|": "literal", ">": "folded"}
 
@@ -220,14 +221,18 @@ def _error_from(exc: yaml.YAMLError, text: str) -> YamlError:
 def _check_nesting(text: str) -> None:
     """Refuse text nested deeper than MAX_DEPTH before composing it (see MAX_DEPTH).
 
-    A cheap bound first: flow nesting needs a bracket per level, block nesting a column
-    (a sequence directly in a mapping may share its column, hence the factor 2). Only
-    text that might exceed the limit is parsed (events only, no recursion) to measure."""
+    A cheap upper bound first. Flow nesting needs a bracket per level. A block
+    collection starts at the end of its line's indentation-and-indicators prefix
+    (spaces, `- `, `? `, `: `), and only a sequence directly under a mapping key may
+    share its parent's column, so block depth <= 2 * (longest such prefix + 1). Only
+    text that might exceed the limit is parsed (events, no recursion) to measure."""
     if len(text) <= MAX_DEPTH:
         return
-    flow = text.count("[") + text.count("{")
-    if flow + 2 * (max(map(len, text.split("\n"))) + 1) <= MAX_DEPTH:
-        return
+    room = MAX_DEPTH - text.count("[") - text.count("{")
+    if room >= 4:
+        lines = _LINE_BREAK.sub("\n", text) if _ODD_BREAK.search(text) else text  # `^` knows only \n
+        if not re.search(rf"^[ \t?:-]{{{room // 2 - 1},}}", lines, re.MULTILINE):
+            return
     depth = 0
     try:
         for event in yaml.parse(text, Loader=_Loader):
@@ -382,8 +387,8 @@ class _Walker:
         before it is walked again, so a bomb stops after little work."""
         self.count(node)
 
-    def count(self, node: Node) -> None:
-        self.visits += 1
+    def count(self, node: Node, n: int = 1) -> None:
+        self.visits += n
         if self.visits > BUDGET_BASE + BUDGET_PER_NODE * len(self.seen):
             raise LocateError(
                 f"more than {self.visits} nodes after expanding aliases (a YAML bomb?); refused",
@@ -418,7 +423,6 @@ class _Walker:
             self._pairs[id(current)] = {}
             stack.append((current, True))
             for k, v in current.value:
-                self.count(k)
                 if k.tag == _MERGE_TAG:
                     for source in v.value if isinstance(v, SequenceNode) else [v]:
                         if isinstance(source, MappingNode) and id(source) not in self._pairs:
@@ -434,7 +438,11 @@ class _Walker:
                 sources = v.value if isinstance(v, SequenceNode) else [v]
                 for source in reversed(sources):  # earlier sources win
                     if isinstance(source, MappingNode):
-                        merged.update(self._pairs.get(id(source), {}))
+                        entries = self._pairs.get(id(source), {})
+                        # copying merged entries is work an alias bomb can multiply
+                        # (long chains of merges that each add keys): charge it
+                        self.count(k, len(entries))
+                        merged.update(entries)
             else:
                 key = _key(k)
                 if key is not None:
