@@ -89,8 +89,10 @@ def run_migration(session: Any, paths: tuple[str, ...], *, dry_run: bool = False
         verified: dict[str, ImageRef] = {}
         reasons: dict[str, str] = {}
         for entry, mapping, result in zip(plan.entries, mappings, results, strict=True):
-            if result.status not in ("copied", "present"):
-                reasons[entry.source] = result.error or ("dry run: not copied" if dry_run else result.status)
+            if dry_run and result.status in ("planned", "present"):
+                verified[entry.source] = written_target(parse(entry.target), engine_name or config.copy.engine)
+            elif result.status not in ("copied", "present"):
+                reasons[entry.source] = result.error or result.status
             elif problem := verify_target(engine, mapping, result.target_digest or result.digest):
                 reasons[entry.source] = problem
             else:
