@@ -10,7 +10,8 @@ repository, which decides its kind: `values.yaml`, `kustomization.yaml`, ...).
 1. Locating: every expected pod image, Helm value, kustomize entry and Compose image is
    found with the same document, path, value, line and style, and nothing else is;
    invalid files raise YamlError. Entries that are not images by this tool's rules are
-   counted as "explained", with the reason printed.
+   counted as "explained", with the reason printed. Walking every subtree (no skipping
+   by text) gives the same result.
 2. Rewriting: every image that is a valid reference is rewritten in memory to
    crazureblue.azurecr.io/<host>/<path>; the result must parse, hold the same images
    (now the targets), differ from the input only inside the edited spans, and a second
@@ -27,10 +28,12 @@ import re
 import sys
 from collections import Counter
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "manifests-rewriter"))
 
+from manifests_rewriter import locate as locate_module  # noqa: E402
 from manifests_rewriter.locate import ImageField, YamlError, compose_documents, file_kind, locate  # noqa: E402
 from manifests_rewriter.reference import ImageRef, try_parse  # noqa: E402
 from manifests_rewriter.splice import SpliceError, apply_edits, byte_span, edits_for  # noqa: E402
@@ -326,6 +329,9 @@ def main(argv: list[str]) -> int:
         if want.get("invalid_yaml"):
             rep.problem(name, "expected invalid YAML, but it parsed")
             continue
+        with mock.patch.object(locate_module, "_RELEVANT", re.compile(r"(?s).")):
+            if locate(text, filename=filename) != fields:  # every subtree walked: same result
+                rep.problem(name, "skipping subtrees without image-like text changed the result")
         kind = file_kind(filename, compose_documents(text))
         if KINDS.get(want["content"]) != kind:
             rep.problem(name, f"file kind {kind}, expected {want['content']}")

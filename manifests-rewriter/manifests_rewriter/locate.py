@@ -16,10 +16,18 @@ What is found (DESIGN.md "Rewriting rules"):
 - source "kustomize": the top-level `images:` entries of a kustomization.
 - source "compose": `services.*.image` of a Compose file.
 - source "hint": image-like strings outside pod specs that a controller will turn into
-  pod images later (CR `spec.image`, Tekton steps, Argo Workflows containers,
-  `--x-image=REF` arguments, `*IMAGE*` environment variables). Reported, never rewritten.
+  pod images later: any `image` scalar outside a pod's container lists and outside
+  `status` (CR `spec.image`, Tekton steps/sidecars, Argo Workflows `container`/`script`/
+  `sidecars`, old Knative `container`), `--x-image=REF` arguments and `*IMAGE*`
+  environment variables of containers, ConfigMap settings such as Knative's
+  `queue-sidecar-image`, and Helm image maps without a repository (cert-manager's
+  `imageRegistry`/`imageNamespace`/`name`). Reported as warnings, never rewritten.
 
 Offsets are character offsets into the decoded `str` (a leading BOM included).
+Speed: composing (C) plus an iterative walk that skips subtrees whose text has
+nothing image-like beats constructing the documents with yaml.load_all(CSafeLoader).
+Safety: nesting beyond MAX_DEPTH is refused before composing (libyaml's composer would
+crash), alias re-visits are budgeted (bombs), recursive anchors are detected.
 """
 
 from __future__ import annotations
