@@ -47,7 +47,7 @@ from .reference import try_parse
 _STR_TAG = "tag:yaml.org,2002:str"
 
 
-def _lean_loader(base: type) -> type:
+def _lean_loader(base: type[yaml.SafeLoader] | type[yaml.CSafeLoader]) -> type:
     """The safe loader with a leaner resolver: same tags, less Python per node.
 
     The stock resolver keeps a path stack for "path resolvers" (none are registered
@@ -247,8 +247,8 @@ def _check_nesting(text: str) -> None:
             if isinstance(event, yaml.CollectionStartEvent):
                 depth += 1
                 if depth > MAX_DEPTH:
-                    raise LocateError(f"nested more than {MAX_DEPTH} levels deep; refused",
-                                      event.start_mark.line + 1)
+                    line = event.start_mark.line + 1 if event.start_mark is not None else None
+                    raise LocateError(f"nested more than {MAX_DEPTH} levels deep; refused", line)
             elif isinstance(event, yaml.CollectionEndEvent):
                 depth -= 1
     except yaml.YAMLError as exc:
@@ -730,7 +730,7 @@ def _hints(w: _Walker, index: int, cell: tuple, pairs: Mapping[str, tuple[Node, 
         for i, item in enumerate(seq[1].value):
             text = _text(item)
             m = _ARG_IMAGE.fullmatch(text) if text else None
-            if m and try_parse(m.group(1)) is not None:
+            if text and m and try_parse(m.group(1)) is not None:
                 s = w.scalar(item)
                 yield ImageField("hint", index, f"{_pointer(cell)}/{key}/{i}", m.group(1), s.line, s, _NO_PARTS,
                                  kind=ctx[0], namespace=ctx[1], name=ctx[2], container=container,
@@ -969,8 +969,8 @@ def _kustomize(w: _Walker, index: int, root: Node) -> Iterator[ImageField]:
         if not isinstance(entry, MappingNode):
             continue
         pairs = w.pairs(entry)
-        scalars = {k: pairs[k][1] for k in ("name", "newName", "newTag", "digest")
-                   if k in pairs and isinstance(pairs[k][1], ScalarNode)}
+        scalars: dict[str, Node] = {k: pairs[k][1] for k in ("name", "newName", "newTag", "digest")
+                                    if k in pairs and isinstance(pairs[k][1], ScalarNode)}
         name = _text(scalars.get("name")) or ""
         if not name:
             continue
