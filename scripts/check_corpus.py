@@ -286,8 +286,8 @@ def check_rewrite(rep: Report, name: str, text: str, fields: list[ImageField], f
         return
     by_key = {(f.source, f.document, f.path): f for f in after}
     for key, want in targets.items():
-        field = by_key.get(key)
-        got = field.value if field is not None else None
+        found = by_key.get(key)
+        got = found.value if found is not None else None
         if got is None or try_parse(got) != try_parse(want):
             rep.problem(name, f"{key[2]}: after rewrite {got!r}, expected {want!r}")
     # 3. a second rewrite changes nothing
