@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -32,12 +31,12 @@ from manifests_rewriter.model import Mapping
 from manifests_rewriter.reference import ImageRef
 
 from . import retry
+from .engine import Engine, Progress
 from .registry.client import RegistryClient, Repository
 from .registry.errors import RegistryError
 from .registry.media import OCI_INDEX, Descriptor, Manifest, digest_tag, filter_index, referrers_index
 
 SIGNATURE_SUFFIXES = (".sig", ".att", ".sbom")  # cosign's tags next to an image: sha256-<hex>.sig
-Progress = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass
@@ -95,18 +94,14 @@ class _Tally:
                 self.result.blobs_skipped += 1
 
 
-class CopyEngine:
+class CopyEngine(Engine):
     """Copies mappings (source ImageRef → target ImageRef). Thread-safe; one per run, so
     the knowledge of where each digest lives in the target is shared by all its images."""
 
     def __init__(self, config: Config, *, credentials: Callable[[str], Any] | None = None,
                  progress: Progress | None = None):
-        self.config = config
+        super().__init__(config, credentials=credentials, progress=progress)
         self.settings = config.copy
-        self._credentials = credentials or _default_credentials(config)
-        self._progress = progress
-        self._lock = threading.Lock()
-        self._clients: dict[str, RegistryClient] = {}
         # Blob workers often just wait for another image's transfer of a shared layer, so there
         # are more of them than transfers; the per-host request limit bounds real transfers.
         self._blob_pool = ThreadPoolExecutor(max_workers=4 * self.settings.concurrency, thread_name_prefix="blob")
@@ -116,49 +111,6 @@ class CopyEngine:
         self._source_tags: dict[tuple[str, str], Future[set[str]]] = {}
 
     # -- public API ---------------------------------------------------------------------------
-
-    def client(self, host: str) -> RegistryClient:
-        with self._lock:
-            client = self._clients.get(host)
-            if client is None:
-                client = RegistryClient(
-                    host, self.config.registry(host), credentials=self._credentials(host),
-                    timeout=self.settings.timeout, retries=self.settings.retries,
-                    max_in_flight=self.settings.per_registry_limit,
-                )
-                self._clients[host] = client
-            return client
-
-    def copy(self, mapping: Mapping) -> CopyResult:
-        """Copy one image (all it references) and report; never raises for a registry failure."""
-        result = CopyResult(str(mapping.source), str(mapping.target))
-        started = time.monotonic()
-        self._emit("start", {"source": result.source, "target": result.target})
-        try:
-            self._copy(mapping, result)
-        except Exception as exc:  # one failing image must not stop the others
-            result.status = "failed"
-            result.error = _describe(exc, f"copy {mapping.source} to {mapping.target}")
-        result.seconds = round(time.monotonic() - started, 3)
-        result.rate_limit = self._rate_limit(mapping)
-        self._emit("done", result.as_json())
-        return result
-
-    def copy_all(self, mappings: Sequence[Mapping], *, fail_fast: bool = False) -> list[CopyResult]:
-        """Copy many images with `copy.concurrency` at a time; results in the input order."""
-        stop = threading.Event()
-
-        def run(mapping: Mapping) -> CopyResult:
-            if stop.is_set():
-                return CopyResult(str(mapping.source), str(mapping.target),
-                                  error="not attempted: an earlier image failed (fail-fast)")
-            result = self.copy(mapping)
-            if fail_fast and result.status == "failed":
-                stop.set()
-            return result
-
-        with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="image") as pool:
-            return list(pool.map(run, mappings))
 
     def status(self, mapping: Mapping) -> CopyResult:
         """Dry run: the source digest, and whether the target already holds it ("present") or
@@ -172,7 +124,7 @@ class CopyEngine:
             result.platforms = self._platforms(src, plan.manifest or src.get_manifest(plan.source_digest))
         except Exception as exc:
             result.status = "failed"
-            result.error = _describe(exc, f"check {mapping.source} against {mapping.target}")
+            result.error = self.describe(exc, f"check {mapping.source} against {mapping.target}")
         result.rate_limit = self._rate_limit(mapping)
         return result
 
@@ -190,16 +142,7 @@ class CopyEngine:
 
     def close(self) -> None:
         self._blob_pool.shutdown(wait=True)
-        with self._lock:
-            clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            client.close()
-
-    def __enter__(self) -> CopyEngine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close()
 
     # -- one image ------------------------------------------------------------------------------
 
@@ -442,18 +385,6 @@ class CopyEngine:
             copied += len(manifest.children) if manifest.is_index else 1
         return copied
 
-    # -- plumbing -----------------------------------------------------------------------------------
-
-    def _rate_limit(self, mapping: Mapping) -> str | None:
-        with self._lock:
-            client = self._clients.get(mapping.source.registry)
-        return client.rate_limit if client else None
-
-    def _emit(self, event: str, data: dict[str, Any]) -> None:
-        if self._progress is not None:
-            with contextlib.suppress(Exception):  # a broken display must not fail a copy
-                self._progress(event, data)
-
 
 @contextlib.contextmanager
 def _slots(*clients: RegistryClient) -> Iterator[None]:
@@ -463,20 +394,3 @@ def _slots(*clients: RegistryClient) -> Iterator[None]:
         for client in sorted(set(clients), key=lambda c: c.host):
             stack.enter_context(client.slot())
         yield
-
-
-def _describe(exc: BaseException, doing: str) -> str:
-    if isinstance(exc, RegistryError):
-        return str(exc)
-    if type(exc).__name__ == "CredentialError":
-        return f"{doing}: {exc}"
-    return f"{doing}: {type(exc).__name__}: {exc}"
-
-
-def _default_credentials(config: Config) -> Callable[[str], Any]:
-    from .registry.credentials import credentials_for  # Docker config, helpers, env, Entra ID
-
-    def lookup(host: str) -> Any:
-        return credentials_for(host, config.registry(host))
-
-    return lookup

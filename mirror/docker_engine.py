@@ -36,9 +36,7 @@ import logging
 import os
 import re
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,13 +48,13 @@ from manifests_rewriter.reference import ImageRef
 
 from . import retry
 from .copy import CopyResult
-from .registry.client import RegistryClient, Repository
+from .engine import Engine, Progress
+from .registry.client import Repository
 from .registry.errors import RegistryError
 from .registry.media import DOCKER_MANIFEST, Descriptor, Manifest, digest_tag, platform_matches
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, dict[str, Any]], None]
 ACR_TOKEN_USERNAME = "00000000-0000-0000-0000-000000000000"  # `az acr login`: refresh token as identity token
 MAX_PARALLEL = 4  # images in flight at once: a daemon serializes much of the work anyway
 STREAM_TIMEOUT = 900.0  # seconds a daemon call may stay silent (podman reports a push only when it ends)
@@ -219,7 +217,7 @@ class DaemonInfo:
 # --------------------------------------------------------------------------- the engine
 
 
-class DockerEngine:
+class DockerEngine(Engine):
     """Copies mappings through a Docker Engine API; the same interface as `mirror.copy.CopyEngine`.
 
     `config.docker` chooses the daemon (`host`, else `DOCKER_HOST`; `tls_verify`, `cert_path`, else
@@ -231,18 +229,16 @@ class DockerEngine:
     """
 
     name = "docker"
+    doing = " with the Docker engine"
+    complete_errors = (RegistryError, DockerEngineError)
 
     def __init__(self, config: Config, *, credentials: Callable[[str], Any] | None = None,
                  progress: Progress | None = None, client: Any = None):
-        self.config = config
+        super().__init__(config, credentials=credentials, progress=progress)
         self.settings: DockerSettings = config.docker
-        self._credentials = credentials or _default_credentials(config)
-        self._progress = progress
         self._api = client
         self._daemon: DaemonInfo | None = None
         self._api_lock = threading.Lock()
-        self._lock = threading.Lock()
-        self._clients: dict[str, RegistryClient] = {}
         self._sources: dict[tuple[str, str, str], SourceImage] = {}  # (host, repository, digest) -> source
         self._holds: dict[str, _Hold] = {}
         self._gate = _PullGate()
@@ -263,37 +259,8 @@ class DockerEngine:
                 self._connect()
             return self._api
 
-    def copy(self, mapping: Mapping) -> CopyResult:
-        """Pull, tag, push and verify one image; never raises for a daemon or registry failure."""
-        result = CopyResult(str(mapping.source), str(mapping.target))
-        started = time.monotonic()
-        self._emit("start", {"source": result.source, "target": result.target, "engine": self.name})
-        try:
-            self._copy(mapping, result)
-        except Exception as exc:  # one failing image must not stop the others
-            result.status = "failed"
-            result.error = _describe(exc, f"copy {mapping.source} to {mapping.target} with the Docker engine")
-        result.seconds = round(time.monotonic() - started, 3)
-        result.rate_limit = self._rate_limit(mapping)
-        self._emit("done", result.as_json())  # the same event as the registry engine's
-        return result
-
-    def copy_all(self, mappings: Sequence[Mapping], *, fail_fast: bool = False) -> list[CopyResult]:
-        """Copy many images, a few at a time; results in the input order."""
-        stop = threading.Event()
-
-        def run(mapping: Mapping) -> CopyResult:
-            if stop.is_set():
-                return CopyResult(str(mapping.source), str(mapping.target),
-                                  error="not attempted: an earlier image failed (fail-fast)")
-            result = self.copy(mapping)
-            if fail_fast and result.status == "failed":
-                stop.set()
-            return result
-
-        workers = max(1, min(self.config.copy.concurrency, MAX_PARALLEL, len(mappings) or 1))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker-image") as pool:
-            return list(pool.map(run, mappings))
+    def _workers(self, count: int) -> int:
+        return min(self.config.copy.concurrency, MAX_PARALLEL, count or 1)
 
     def status(self, mapping: Mapping) -> CopyResult:
         """Dry run: the source digest and whether the target already holds the same image
@@ -315,7 +282,7 @@ class DockerEngine:
                     result.add_note(warning)
         except Exception as exc:
             result.status = "failed"
-            result.error = _describe(exc, f"check {mapping.source} against {mapping.target} for the Docker engine")
+            result.error = self.describe(exc, f"check {mapping.source} against {mapping.target} for the Docker engine")
         result.rate_limit = self._rate_limit(mapping)
         return result
 
@@ -342,21 +309,12 @@ class DockerEngine:
         return True
 
     def close(self) -> None:
-        with self._lock:
-            clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            client.close()
+        super().close()
         with self._api_lock:
             api, self._api, self._daemon = self._api, None, None
         if api is not None:
             with contextlib.suppress(Exception):
                 api.close()
-
-    def __enter__(self) -> DockerEngine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- connection -------------------------------------------------------------------------------
 
@@ -677,19 +635,8 @@ class DockerEngine:
 
     # -- the registries (read only, through the registry client) ------------------------------------
 
-    def _client(self, host: str) -> RegistryClient:
-        with self._lock:
-            client = self._clients.get(host)
-            if client is None:
-                copy = self.config.copy
-                client = RegistryClient(host, self.config.registry(host), credentials=self._credentials(host),
-                                        timeout=copy.timeout, retries=copy.retries,
-                                        max_in_flight=copy.per_registry_limit)
-                self._clients[host] = client
-            return client
-
     def _repo(self, ref: ImageRef) -> Repository:
-        return self._client(ref.registry).repo(ref.repository)
+        return self.client(ref.registry).repo(ref.repository)
 
     def _source(self, ref: ImageRef, digest: str | None) -> SourceImage:
         """Read the source (cached per digest): its digest, platforms, and the image this path copies."""
@@ -805,17 +752,6 @@ class DockerEngine:
                 result.blobs_skipped += 1
         result.bytes_moved += held.config_size + held.manifest_size
 
-    def _rate_limit(self, mapping: Mapping) -> str | None:
-        with self._lock:
-            client = self._clients.get(mapping.source.registry)
-        return client.rate_limit if client else None
-
-    def _emit(self, event: str, data: dict[str, Any]) -> None:
-        if self._progress is not None:
-            with contextlib.suppress(Exception):  # a broken display must not fail a copy
-                self._progress(event, data)
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -893,25 +829,8 @@ def _with_hint(message: str, plan: _Plan) -> str:
     return message
 
 
-def _describe(exc: BaseException, doing: str) -> str:
-    if isinstance(exc, RegistryError | DockerEngineError):
-        return str(exc)
-    if type(exc).__name__ == "CredentialError":
-        return f"{doing}: {exc}"
-    return f"{doing}: {type(exc).__name__}: {exc}"
-
-
 def _short_list(digests: Sequence[str]) -> str:
     return "[" + ", ".join(d.partition(":")[2][:12] for d in digests) + "]"
-
-
-def _default_credentials(config: Config) -> Callable[[str], Any]:
-    from .registry.credentials import credentials_for  # Docker config, helpers, env, Entra ID
-
-    def lookup(host: str) -> Any:
-        return credentials_for(host, config.registry(host))
-
-    return lookup
 
 
 __all__ = ["DaemonInfo", "DockerEngine", "DockerEngineError", "ImageFacts", "PlatformError", "SourceImage",
