@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable
 from typing import Any
 
-Progress = Callable[[str, dict[str, Any]], None]
+from .engine import Progress
+
 _STYLE = {"copied": "green", "present": "dim", "failed": "red", "planned": "yellow"}
 
 
