@@ -78,14 +78,13 @@ class Session:
         self.cluster = cluster or ClusterOptions()
         optional = self.cluster.policy_from_cluster or bool(self.cluster.policy_file)
         self.config: Config = load(config_path, policy_optional=optional)
+        self.to_target = naming_only(self.config)
         self._api: Any = None
         self.policy = self._policy()
         if self.policy.origin != f"config {self.config.path}":
             click.echo(f"policy from {self.policy.origin}", err=True)
         self.lint = lint_policy(self.policy, self.config, strict=strict_lint)
 
-    def to_target(self, ref: ImageRef) -> ImageRef:
-        return naming_only(self.config)(ref)
 
     @property
     def api(self) -> Any:

@@ -6,6 +6,7 @@ under --check) or files that could not be read, 2 usage or config error, 123 int
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -63,7 +64,7 @@ def load(config_path: str, *, policy_optional: bool = False) -> Config:
 
 
 def naming_only(config: Config) -> Callable[[ImageRef], ImageRef]:
-    return lambda ref: target_for(ref, config.target_registry, config.naming)
+    return functools.partial(target_for, registry=config.target_registry, template=config.naming)  # picklable
 
 
 def lint_policy(policy: Policy, config: Config, *, strict: bool = True) -> list[LintMessage]:

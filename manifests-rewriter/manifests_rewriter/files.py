@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,37 @@ def _excluded(relative: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(relative, p) or fnmatch.fnmatch(os.path.basename(relative), p) for p in patterns)
 
 
+def _entries(root: str) -> Iterator[os.DirEntry[str]]:
+    """Every entry below root, sorted, without following directory links (an explicit stack:
+    no recursion limit, and a link loop cannot trap it)."""
+    stack = [root]
+    while stack:
+        directory = stack.pop()
+        try:
+            with os.scandir(directory) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
+        except OSError:
+            continue  # unreadable directory: nothing below it to report by name
+        subdirs = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name not in SKIP_DIRS:
+                    subdirs.append(entry.path)
+            else:
+                yield entry
+        stack.extend(reversed(subdirs))
+
+
+def _link_problem(path: str, real_root: Path) -> str | None:
+    try:
+        target = Path(path).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return "symbolic link loop or broken link; skipped"
+    if not target.is_relative_to(real_root):
+        return f"symbolic link points outside the tree ({target}); skipped"
+    return None  # inside the tree: its target is read in its own right
+
+
 def discover(paths: Iterable[str | Path], exclude: tuple[str, ...] = ()) -> Iterator[tuple[Path, str] | FileError]:
     """Yield (real path, display name) for each file to read, or a FileError."""
     for given in paths:
@@ -53,47 +85,35 @@ def discover(paths: Iterable[str | Path], exclude: tuple[str, ...] = ()) -> Iter
         if not root.exists():
             yield FileError(str(given), "no such file or directory")
             continue
-        if root.is_file():
+        if not root.is_dir():
             yield root.resolve(), str(given)
             continue
         real_root = root.resolve()
-        for directory, subdirs, files in os.walk(root, followlinks=False):
-            subdirs[:] = sorted(d for d in subdirs if d not in SKIP_DIRS)
-            for name in sorted(files):
-                if not name.endswith(YAML_SUFFIXES):
-                    continue
-                path = Path(directory, name)
-                display = str(path)
-                if _excluded(os.path.relpath(path, root), exclude):
-                    continue
-                if path.is_symlink():
-                    try:
-                        target = path.resolve(strict=True)
-                    except (OSError, RuntimeError):
-                        yield FileError(display, "symbolic link loop or broken link; skipped")
-                        continue
-                    if not target.is_relative_to(real_root):
-                        yield FileError(display, f"symbolic link points outside the tree ({target}); skipped")
-                    continue  # inside the tree: its target is read in its own right
-                yield path, display
-            for name in subdirs:
-                link = Path(directory, name)
-                if link.is_symlink():
-                    try:
-                        target = link.resolve(strict=True)
-                    except (OSError, RuntimeError):
-                        yield FileError(str(link), "symbolic link loop or broken link; skipped")
-                        continue
-                    if not target.is_relative_to(real_root):
-                        yield FileError(str(link), f"symbolic link points outside the tree ({target}); skipped")
+        for entry in _entries(str(root)):
+            is_yaml = entry.name.endswith(YAML_SUFFIXES)
+            if exclude and _excluded(os.path.relpath(entry.path, root), exclude):
+                continue
+            if entry.is_symlink():
+                target_is_dir = os.path.isdir(entry.path)
+                if is_yaml or target_is_dir:  # a link to a directory may escape the tree too
+                    problem = _link_problem(entry.path, real_root)
+                    if problem:
+                        yield FileError(entry.path, problem)
+            elif is_yaml:
+                yield Path(entry.path), entry.path
 
 
 def read_source(path: Path, display: str, max_bytes: int) -> SourceFile | FileError:
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            return FileError(display, f"file is {size:,} bytes, over the limit of {max_bytes:,} (scan.max_file_bytes)")
-        with open(path, "rb") as handle:
+        # O_NONBLOCK: opening a FIFO named *.yaml must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with open(fd, "rb") as handle:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return FileError(display, "not a regular file (a FIFO, socket or device); skipped")
+            if info.st_size > max_bytes:
+                return FileError(display, f"file is {info.st_size:,} bytes, over the limit of {max_bytes:,} "
+                                          f"(scan.max_file_bytes)")
             raw = handle.read(max_bytes + 1)
     except PermissionError:
         return FileError(display, "cannot read: permission denied")

@@ -543,8 +543,8 @@ def file_kind(filename: str, documents: Iterable[Node | None] = ()) -> str:
         base
         and base.lower() not in _NOT_VALUES
         and base.lower().endswith((".yaml", ".yml"))
-        and os.path.isfile(os.path.join(os.path.dirname(filename) or ".", "Chart.yaml"))
         and not any(_is_manifest_root(d) for d in documents)
+        and os.path.isfile(os.path.join(os.path.dirname(filename) or ".", "Chart.yaml"))  # last: a syscall
     ):
         return "helm-values"
     return "manifest"

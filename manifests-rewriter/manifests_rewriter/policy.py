@@ -49,12 +49,30 @@ class Policy:
     origin: str = "config"  # where it came from, shown to the user
     _compiled: object = field(default=None, compare=False, repr=False)
 
+    _verdicts: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_compiled", compile_regex(self.image_regex))
+
+    def __getstate__(self) -> dict[str, object]:  # RE2 objects do not pickle: recompiled on load
+        state = dict(self.__dict__)
+        state.pop("_compiled", None)
+        state["_verdicts"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        for key, value in state.items():
+            object.__setattr__(self, key, value)
         object.__setattr__(self, "_compiled", compile_regex(self.image_regex))
 
     def allows(self, image: str) -> bool:
         """True when Gatekeeper's re_match(imageRegex, image) holds: unanchored RE2 search."""
-        return self._compiled.search(image) is not None  # type: ignore[attr-defined]
+        verdict = self._verdicts.get(image)
+        if verdict is None:  # a tree repeats the same few images; RE2's Python binding is not free
+            verdict = self._compiled.search(image) is not None  # type: ignore[attr-defined]
+            if len(self._verdicts) < 65536:
+                self._verdicts[image] = verdict
+        return verdict
 
     def namespace_excluded(self, namespace: str | None) -> bool:
         return bool(namespace) and any(_namespace_matches(p, namespace or "") for p in self.excluded_namespaces)

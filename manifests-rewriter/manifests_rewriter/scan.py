@@ -7,8 +7,16 @@ findings and never rewritten.
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
+import os
+import pickle
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from itertools import repeat
+from pathlib import Path
 
 from .files import FileError, SourceFile, discover, read_source
 from .locate import ImageField, YamlError, locate
@@ -43,15 +51,19 @@ def classify(fld: ImageField, policy: Policy, to_target: ToTarget, file: str | N
                        **base)  # type: ignore[arg-type]
     if not policy.refuses(fld.value, namespace=fld.namespace, container=fld.container):
         return None
-    reason = f"does not match imageRegex {policy.image_regex!r}"
-    target = digest = None
-    try:
-        ref = parse(fld.value)
-        digest = ref.digest
-        target = str(to_target(ref))
-    except ReferenceError as exc:
-        reason = f"{reason}; not a valid image reference: {exc}"
+    reason, target, digest = _judge(fld.value, policy.image_regex, to_target)
     return Finding(image=fld.value, reason=reason, target=target, digest=digest, **base)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=4096)  # a tree repeats the same few images many times
+def _judge(image: str, regex: str, to_target: ToTarget) -> tuple[str, str | None, str | None]:
+    """Why an image is refused, where it would go, and the digest it pins."""
+    reason = f"does not match imageRegex {regex!r}"
+    try:
+        ref = parse(image)
+        return reason, str(to_target(ref)), ref.digest
+    except ReferenceError as exc:
+        return f"{reason}; not a valid image reference: {exc}", None, None
 
 
 def scan_text(text: str, policy: Policy, to_target: ToTarget, *, file: str | None = None,
@@ -86,10 +98,63 @@ def read_sources(paths: Iterable[str], max_bytes: int, exclude: tuple[str, ...] 
         yield source
 
 
-def scan_paths(paths: Iterable[str], policy: Policy, to_target: ToTarget, *,
-               max_bytes: int = 16 * 1024 * 1024, exclude: tuple[str, ...] = ()) -> ScanResult:
+# Below this many files a second process costs more than it saves.
+PARALLEL_MIN_FILES = 256
+_CHUNK = 64
+
+
+def _scan_files(files: list[tuple[Path, str]], policy: Policy, to_target: ToTarget, max_bytes: int) -> ScanResult:
     result = ScanResult()
-    for source in read_sources(paths, max_bytes, exclude, result.errors):
+    for item in files:
+        source = read_source(*item, max_bytes)
+        if isinstance(source, FileError):
+            result.errors.append(source)
+            continue
         result.files += 1
         scan_text(source.text, policy, to_target, file=source.display, result=result)
+    return result
+
+
+def _parallel_workers(count: int, policy: Policy, to_target: ToTarget) -> int:
+    """Processes worth using: several only for a large tree, with fork available, no other
+    threads running (forking a threaded process is unsafe) and picklable arguments."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if count < PARALLEL_MIN_FILES or cpus < 2 or threading.active_count() > 1:
+        return 1
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    try:
+        pickle.dumps((policy, to_target))
+    except Exception:  # noqa: BLE001 - e.g. a lambda: scan in this process
+        return 1
+    return min(cpus, 8)
+
+
+def scan_paths(paths: Iterable[str], policy: Policy, to_target: ToTarget, *,
+               max_bytes: int = 16 * 1024 * 1024, exclude: tuple[str, ...] = ()) -> ScanResult:
+    """Scan every YAML file under `paths`; a large tree is spread over the machine's cores."""
+    result = ScanResult()
+    files: list[tuple[Path, str]] = []
+    for item in discover(paths, exclude):
+        if isinstance(item, FileError):
+            result.errors.append(item)
+        else:
+            files.append(item)
+    workers = _parallel_workers(len(files), policy, to_target)
+    if workers == 1:
+        parts: Iterable[ScanResult] = [_scan_files(files, policy, to_target, max_bytes)]
+    else:
+        chunks = [files[i:i + _CHUNK] for i in range(0, len(files), _CHUNK)]
+        context = multiprocessing.get_context("fork")
+        pool = ProcessPoolExecutor(workers, mp_context=context)
+        parts = pool.map(_scan_files, chunks, repeat(policy), repeat(to_target), repeat(max_bytes))
+    try:
+        for part in parts:  # in file order, whatever the number of workers
+            result.findings.extend(part.findings)
+            result.warnings.extend(part.warnings)
+            result.errors.extend(part.errors)
+            result.files += part.files
+    finally:
+        if workers > 1:
+            pool.shutdown()
     return result
