@@ -72,12 +72,15 @@ def render(data: dict[str, Any]) -> str:
              if k.startswith("by_kind.")}
     if kinds:
         lines += ["", "Faults injected by kind: " + ", ".join(f"{k} {_num(v)}" for k, v in sorted(kinds.items())) + "."]
-    bugs = [(node, r.get("reason", "")) for node, r in data.get("tests", {}).items()
-            if r.get("outcome") in ("xfailed", "failed", "error")]
-    if bugs:
-        lines += ["", "Open problems found by the suite (tests kept failing until fixed):", ""]
-        for node, reason in bugs:
-            lines.append(f"- `{node.split('::', 1)[-1]}`" + (f": {reason}" if reason else ""))
+    problems: dict[str, list[str]] = {}
+    for node, r in data.get("tests", {}).items():
+        if r.get("outcome") in ("xfailed", "failed", "error"):
+            reason = r.get("reason") or f"{r['outcome']} (see the test)"
+            problems.setdefault(reason, []).append(node.split("::", 1)[-1])
+    if problems:
+        lines += ["", "Open problems found by the suite (each test stays failing until it is fixed):", ""]
+        for reason, nodes in problems.items():
+            lines.append(f"- {reason} ({', '.join(f'`{n}`' for n in nodes)})")
     return "\n".join(lines) + "\n"
 
 

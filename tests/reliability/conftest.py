@@ -8,7 +8,7 @@ Tests report what they tried through the ``figures`` fixture::
 A test records ``tried`` before its assertions and ``handled`` after them, so a failing test
 keeps its tries and loses its successes.  At the end of the session the figures of every test,
 with its outcome, are written to ``last-run.json`` next to this file; ``scripts/reliability_table.py``
-renders the README table from it (and is run here when every test of the folder ran, the slow ones aside).  The numbers in the
+renders the README table from it (run here when the whole folder ran, slow tests included).  The numbers in the
 table therefore always come from a run, never from a hand.
 
 Categories: ``faults`` (injected / survived), ``kills`` (kill points / clean recoveries),
@@ -40,6 +40,13 @@ CATEGORIES = ("faults", "kills", "hostile", "secrets", "load")
 _outcomes: dict[str, dict[str, Any]] = {}
 _deselected: list[str] = []
 _collected: dict[str, bool] = {}  # node id -> marked slow
+_xdist_collected = False
+_RELATIVE = "tests/reliability"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _RELATIVE
+    _RELATIVE = os.path.relpath(HERE, config.rootpath).replace(os.sep, "/")
 
 
 def _is_ours(item: pytest.Item) -> bool:
@@ -84,28 +91,44 @@ def figures(request: pytest.FixtureRequest) -> Figures:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    """Tag our reports and attach the test's figures (user_properties travel with xdist reports too)."""
     report = yield
-    if not _is_ours(item):
-        return report
-    entry = _outcomes.setdefault(item.nodeid, {"outcome": "passed", "entries": []})
-    xfail = getattr(report, "wasxfail", None)
-    if report.when == "call" or report.failed or report.skipped:
-        if report.skipped and xfail is not None:
-            entry["outcome"], entry["reason"] = "xfailed", xfail
-        elif report.skipped:
-            entry["outcome"] = "skipped"
-            if isinstance(report.longrepr, tuple):
-                entry["reason"] = str(report.longrepr[2])
-        elif report.failed:
-            entry["outcome"] = "failed" if report.when == "call" else "error"
-            if xfail is not None:
-                entry["reason"] = xfail  # strict xfail that passed
-        elif report.when == "call" and entry["outcome"] == "passed":
-            entry["outcome"] = "passed"
-    recorder = item.stash.get(_figures_key, None)
-    if recorder is not None and report.when == "teardown":
-        entry["entries"] = recorder.entries
+    if _is_ours(item):
+        report.user_properties.append(("reliability", True))
+        recorder = item.stash.get(_figures_key, None)
+        if recorder is not None and report.when == "teardown":
+            report.user_properties.append(("reliability_figures", recorder.entries))
     return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    properties = dict(report.user_properties)
+    if not properties.get("reliability"):
+        return
+    entry = _outcomes.setdefault(report.nodeid, {"outcome": "passed", "entries": []})
+    xfail = getattr(report, "wasxfail", None)
+    if report.skipped and xfail is not None:
+        entry["outcome"], entry["reason"] = "xfailed", xfail
+    elif report.skipped:
+        entry["outcome"] = "skipped"
+        if isinstance(report.longrepr, tuple):
+            entry["reason"] = str(report.longrepr[2])
+    elif report.failed:
+        entry["outcome"] = "failed" if report.when == "call" else "error"
+        if xfail is not None:
+            entry["reason"] = xfail
+    if "reliability_figures" in properties:
+        entry["entries"] = properties["reliability_figures"]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """With pytest-xdist the items are collected in the workers: learn ours from their node ids."""
+    global _xdist_collected
+    _xdist_collected = True
+    for nodeid in ids:
+        if nodeid.startswith(_RELATIVE + "/"):
+            _collected.setdefault(nodeid, False)
 
 
 def _summarise() -> dict[str, Any]:
@@ -138,7 +161,7 @@ def _summarise() -> dict[str, Any]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if not _outcomes:
+    if not _outcomes or hasattr(session.config, "workerinput"):  # xdist workers: the controller writes
         return
     outcomes = collections.Counter(r["outcome"] for r in _outcomes.values())
     not_run = sorted(set(_collected) - set(_outcomes))
@@ -150,8 +173,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "deselected": sorted(_deselected),
         "complete": not not_run,
         "slow_not_run": [n for n in not_run if _collected[n]],
-        # every test but (perhaps) the slow ones ran: the table may be rendered from this run
-        "renderable": not [n for n in not_run if not _collected[n]],
+        # the whole folder ran, slow tests included (make test-reliability): the README table is rendered
+        # from this run; after partial runs (make test skips the slow ones) render by hand if wanted.
+        # With xdist the deselected tests are unknown here, so it is never rendered automatically.
+        "renderable": not not_run and not _xdist_collected,
         "outcomes": dict(sorted(outcomes.items())),
         "categories": _summarise(),
         "tests": dict(sorted(_outcomes.items())),
