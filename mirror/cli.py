@@ -85,7 +85,6 @@ class Session:
             click.echo(f"policy from {self.policy.origin}", err=True)
         self.lint = lint_policy(self.policy, self.config, strict=strict_lint)
 
-
     @property
     def api(self) -> Any:
         if self._api is None:
