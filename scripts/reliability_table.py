@@ -71,7 +71,7 @@ def render(data: dict[str, Any]) -> str:
     kinds = {k.split(".", 1)[1]: v for k, v in cats.get("faults", {}).get("extra", {}).items()
              if k.startswith("by_kind.")}
     if kinds:
-        lines += ["", "Faults injected by kind: " + ", ".join(f"{k} {_num(v)}" for k, v in sorted(kinds.items())) + "."]
+        lines += ["", "Faults injected at random, by kind: " + ", ".join(f"{k} {_num(v)}" for k, v in sorted(kinds.items())) + "."]
     problems: dict[str, list[str]] = {}
     for node, r in data.get("tests", {}).items():
         if r.get("outcome") in ("xfailed", "failed", "error"):

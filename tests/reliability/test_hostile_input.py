@@ -300,9 +300,7 @@ def test_link_loop_through_directories_terminates(workspace: dict[str, Path], co
     figures.record("hostile", handled=1)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: manifests_rewriter/files.py read_source opens a FIFO (named pipe) "
-                   "named *.yaml and blocks forever waiting for a writer; it must refuse non-regular files")
-@pytest.mark.parametrize("command", ["scan"])
+@pytest.mark.parametrize("command", ["scan", "rewrite", "hook"])
 def test_fifo_in_the_tree_is_refused_not_waited_on(workspace: dict[str, Path], command: str, figures: Any):
     tree = workspace["tree"]
     [bad] = _fifo(tree)
