@@ -25,6 +25,7 @@ from manifests_rewriter.cli import (
     report_rewrite,
 )
 from manifests_rewriter.config import Config
+from manifests_rewriter.files import printable
 from manifests_rewriter.model import Mapping
 from manifests_rewriter.policy import Policy
 from manifests_rewriter.reference import ImageRef, ReferenceError, parse
@@ -216,7 +217,7 @@ def plan(paths: tuple[str, ...], config_path: str, images: tuple[str, ...], fmt:
             engine.close()
     text = the_plan.to_json()
     if output:
-        Path(output).write_text(text, encoding="utf-8")
+        report.write_output(output, text)
         click.echo(f"wrote {output}: {len(the_plan.entries)} images", err=True)
     if fmt == "json" and not output:
         click.echo(text, nl=False)
@@ -231,9 +232,9 @@ def _write_report(path: str | None, results: list[Any], extra: dict[str, Any] | 
         return
     data = {"images": [r.as_json() for r in results], **(extra or {})}
     if path.endswith(".md"):
-        Path(path).write_text(report.markdown_summary(data["images"], data.get("rewrites", []), []), "utf-8")
+        report.write_output(path, report.markdown_summary(data["images"], data.get("rewrites", []), []))
     else:
-        Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        report.write_output(path, json.dumps(data, indent=2) + "\n")
 
 
 def _summary(results: list[Any]) -> None:
@@ -243,11 +244,11 @@ def _summary(results: list[Any]) -> None:
     moved = sum(r.bytes_moved or 0 for r in results)
     parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     click.echo(f"{len(results)} images: {parts or 'nothing to do'}; {report._size(moved)} moved.", err=True)
-    for r in results:
+    for r in results:  # registry messages are remote text: escaped
         if r.status == "failed":
-            click.echo(f"failed: {r.source} -> {r.target}: {r.error}", err=True)
+            click.echo(printable(f"failed: {r.source} -> {r.target}: {r.error}"), err=True)
         elif r.note:
-            click.echo(f"note: {r.source}: {r.note}", err=True)
+            click.echo(printable(f"note: {r.source}: {r.note}"), err=True)
 
 
 @main.command()

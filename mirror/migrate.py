@@ -8,12 +8,12 @@ listed as still blocking enforcement.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import click
 
 from manifests_rewriter.cli import EXIT_FINDINGS, report_rewrite
+from manifests_rewriter.files import printable
 from manifests_rewriter.model import Mapping
 from manifests_rewriter.reference import ImageRef, parse
 from manifests_rewriter.rewrite import rewrite_paths
@@ -118,7 +118,7 @@ def run_migration(session: Any, paths: tuple[str, ...], *, dry_run: bool = False
     remaining += [f for f in found.findings if f.file is None]  # live objects change through `rewrite --cluster`
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
-        click.echo(f"failed: {r.source} -> {r.target}: {r.error}", err=True)
+        click.echo(printable(f"failed: {r.source} -> {r.target}: {r.error}"), err=True)
     click.echo(f"check: {len(remaining)} references would still be refused"
                + ("" if remaining else " - ready to enforce"), err=True)
 
@@ -131,8 +131,8 @@ def run_migration(session: Any, paths: tuple[str, ...], *, dry_run: bool = False
             text = json.dumps({"images": [r.as_json() for r in results], "rewrites": rewritten,
                                "remaining": [f.as_json() for f in remaining],
                                "errors": [e.as_json() for e in found.errors]}, indent=2) + "\n"
-        Path(report_path).write_text(text, encoding="utf-8")
+        report.write_output(report_path, text)
     for failure in lock_failures:
-        click.echo(f"failed: {failure}", err=True)
+        click.echo(printable(f"failed: {failure}"), err=True)
     return EXIT_FINDINGS if failed or remaining or found.errors or lock_failures else 0
 

@@ -10,6 +10,8 @@ import sys
 import threading
 from typing import Any
 
+from manifests_rewriter.files import printable
+
 from .engine import Progress
 
 _STYLE = {"copied": "green", "present": "dim", "failed": "red", "planned": "yellow"}
@@ -38,6 +40,7 @@ def make_progress(is_terminal: bool) -> Progress:
             line += f" ({_size(int(info['bytes_moved']))})"
         if info.get("error"):
             line += f": {info['error']}"
+        line = printable(line)  # registry error text is remote input
         with lock:
             if console is not None:
                 console.print(line, style=_STYLE.get(status), markup=False)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from manifests_rewriter.files import printable
 from manifests_rewriter.model import Finding
 from manifests_rewriter.scan import ScanResult
+from manifests_rewriter.splice import write_atomic
 
 from . import __version__
 
@@ -21,6 +24,11 @@ RULES = {
 }
 
 
+def write_output(path: str, text: str) -> None:
+    """Reports and plans are written whole or not at all (a killed run leaves the old file)."""
+    write_atomic(Path(path), text.encode("utf-8"))
+
+
 def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, soft_wrap=True, highlight=False)
 
@@ -30,7 +38,7 @@ def finding_line(f: Finding) -> str:
     workload = "/".join(x for x in (f.kind, f.namespace, f.name) if x)
     context = ", ".join(x for x in (workload, f.container and f"container {f.container}") if x)
     target = f" -> {f.target}" if f.target else f" ({f.reason})"
-    return f"{f.location()}: {f.image}{target}" + (f"  [{context}]" if context else "")
+    return printable(f"{f.location()}: {f.image}{target}" + (f"  [{context}]" if context else ""))
 
 
 def print_scan_table(result: ScanResult, out: Console) -> None:
@@ -42,7 +50,7 @@ def print_scan_table(result: ScanResult, out: Console) -> None:
         out.print(f"{len(result.warnings)} images outside pod specs (refused later, when an operator creates the pod):",
                   style="bold")
         for w in result.warnings:
-            out.print(f"  {w.location()}: {w.image}: {w.reason}", markup=False)
+            out.print(printable(f"  {w.location()}: {w.image}: {w.reason}"), markup=False)
     for error in result.errors:
         out.print(f"error: {error}", markup=False, style="red")
     out.print(f"{result.files} files scanned: {len(result.findings)} findings, "

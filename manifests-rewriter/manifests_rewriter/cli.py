@@ -16,6 +16,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from .config import Config, ConfigError, load_config
+from .files import printable
 from .naming import target_for
 from .policy import LintMessage, Policy, PolicyError, lint
 from .reference import ImageRef
@@ -30,7 +31,7 @@ class UsageError(Exception):
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {printable(message)}", err=True)
     sys.exit(code)
 
 
@@ -89,9 +90,9 @@ def report_rewrite(result: RewriteResult, *, write: bool, diff: bool) -> None:
         if diff:
             click.echo(planned.diff(), nl=False)
         verb = "rewrote" if write and planned.source.display in result.written else "would rewrite"
-        click.echo(f"{verb} {planned.source.display}", err=True)
+        click.echo(f"{verb} {printable(planned.source.display)}", err=True)
         for change in planned.changes:
-            click.echo(f"  line {change.line}: {change.old} -> {change.new}", err=True)
+            click.echo(f"  line {change.line}: {printable(change.old)} -> {printable(change.new)}", err=True)
     changed = len(result.changed)
     unchanged = len(result.files) - changed
     verb = "rewritten" if write else "would be rewritten"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -20,13 +21,23 @@ YAML_SUFFIXES = (".yaml", ".yml")
 SKIP_DIRS = {".git", ".hg", ".svn", "node_modules", ".venv", "venv", "__pycache__", ".terraform"}
 
 
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """Text from files and registries, safe for a terminal: control characters (ESC, BEL,
+    newlines...) and bidi overrides are shown escaped, so no manifest or file name can
+    forge an output line or drive the terminal."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 @dataclass(frozen=True)
 class FileError:
     file: str
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.message}"
+        return printable(f"{self.file}: {self.message}")
 
     def as_json(self) -> dict[str, str]:
         return {"file": self.file, "message": self.message}

@@ -13,7 +13,7 @@ import difflib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from .files import FileError, SourceFile
+from .files import FileError, SourceFile, printable
 from .locate import YamlError, locate
 from .policy import Policy
 from .reference import ImageRef, ReferenceError, parse
@@ -39,7 +39,7 @@ class Skipped:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.image}: {self.reason}"
+        return printable(f"{self.file}:{self.line}: {self.image}: {self.reason}")
 
 
 @dataclass

@@ -8,6 +8,7 @@ byte outside the edits is unchanged (no newline translation, so CRLF stays CRLF)
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import stat
@@ -214,13 +215,17 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+TEMP_MARK = "acr-mirror-"  # names our temporary files, so a later run may remove a killed run's leftovers
+
+
 def write_atomic(path: Path, data: bytes, *, expected: bytes | None = None) -> None:
     """Replace the file's content with `data`, all at once: a temporary file in the same
     directory is written, fsynced, given the original file's mode (and owner when
     possible), then renamed over the file, and the directory is fsynced. Readers see
     the old or the new content, never a mix; a crash leaves the old file.
 
-    A symlink is followed: its target is replaced, the link stays.
+    A symlink is followed: its target is replaced, the link stays. A read-only file is refused.
+    Temporary files a killed run left beside the file (`.NAME.acr-mirror-*.tmp`) are removed.
     With `expected`, the file must still hold exactly those bytes (it is checked before
     and again just before the rename); if someone changed it since it was read,
     SpliceError is raised and nothing is written."""
@@ -242,7 +247,14 @@ def write_atomic(path: Path, data: bytes, *, expected: bytes | None = None) -> N
         return info
 
     info = check()
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    if info is not None and not info.st_mode & 0o222:
+        # rename() needs only the directory's permission; a file made read-only stays as it is
+        raise SpliceError(f"{path}: the file is read-only; not written")
+    prefix = f".{path.name}.{TEMP_MARK}"
+    for stale in directory.glob(f"{glob.escape(prefix)}*.tmp"):  # left by a run that was killed mid-write
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

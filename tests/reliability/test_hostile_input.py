@@ -360,10 +360,6 @@ def test_hostile_image_strings(workspace: dict[str, Path], command: str, kind: s
     figures.record("hostile", handled=1)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: terminal escape injection: mirror/report.py print_scan_table and "
-                   "manifests_rewriter/cli.py report_rewrite (Skipped.__str__, FileError.__str__) print image "
-                   "strings and file names raw, so ESC/BEL/newlines from a manifest reach the terminal (escape "
-                   "them, e.g. with repr-style \\x1b)")
 @pytest.mark.parametrize("command", ["scan", "rewrite", "hook"])
 def test_control_characters_never_reach_the_terminal(workspace: dict[str, Path], command: str, figures: Any):
     """An image string or a file name carrying ESC sequences or newlines is printed escaped."""
@@ -467,9 +463,6 @@ def test_file_changed_between_scan_and_rewrite_keeps_the_users_edit(
 # --------------------------------------------------------------------------- read-only files and directories
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: manifests_rewriter/splice.py write_atomic replaces a read-only file "
-                   "(mode 0444): rename() only needs the directory's permission, so the file's own write "
-                   "protection is ignored; refuse files without a write bit with one clear line")
 @pytest.mark.parametrize("command", ["rewrite", "hook"])
 def test_read_only_file_is_not_replaced(workspace: dict[str, Path], command: str, figures: Any):
     tree = workspace["tree"]

@@ -313,10 +313,6 @@ def test_kill_rewrite_then_rerun(rewrite_world: dict[str, Any], point: int, figu
           f"{len(leftovers)} temporary files left")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: manifests_rewriter/splice.py write_atomic leaves its temporary file "
-                   "(.NAME.XXXX.tmp) behind when the process is killed between creating it and the rename, and "
-                   "nothing removes it later, so a re-run after a kill does not end identical to an uninterrupted "
-                   "run (stray files in the user's tree); e.g. sweep stale .NAME.*.tmp siblings before writing NAME")
 def test_temporary_file_of_a_killed_write_is_cleaned_by_the_rerun(tmp_path: Path, figures: Any):
     """Deterministic: the child kills itself just before the rename of its first write."""
     tree = tmp_path / "tree"
