@@ -14,6 +14,7 @@ host only (https is tried first unless the endpoint says http); `ca_file` trusts
 from __future__ import annotations
 
 import hashlib
+import json
 import ssl
 import threading
 from collections import Counter
@@ -34,6 +35,7 @@ from .media import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest, digest_tag,
 
 USER_AGENT = "acr-mirror/0.1"
 MAX_REDIRECTS = 5
+MAX_TOKEN_RESPONSE = 256 * 1024  # a registry token is a few KiB; anything larger is not one
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 TAG_PAGE = 1000
 DOCKER_HUB_API = {"docker.io": "registry-1.docker.io"}  # image names say docker.io; the API lives here
@@ -121,9 +123,9 @@ class BlobStream:
             raise RegistryError(self.operation, message=f"body ended after {received} of {self.size} bytes",
                                 retryable=True)
         actual = f"{self.digest.partition(':')[0]}:{hasher.hexdigest()}"
-        if actual != self.digest:
-            raise RegistryError(self.operation, codes=("DIGEST_INVALID",),
-                                message=f"content hashes to {actual}, not the requested digest")
+        if actual != self.digest:  # damaged in transit (or a bad blob): the caller fetches it again, a few times
+            raise RegistryError(self.operation, message=f"content hashes to {actual}, not the requested digest",
+                                retryable=True)
         if held is not None:
             yield held
 
@@ -312,18 +314,30 @@ class RegistryClient:
     def _token_request(self, method: str, url: str, values: dict[str, Any],
                        headers: dict[str, str]) -> tuple[int, Any, bytes]:
         operation = f"get a token from {self.host}"
+        if method == "POST":
+            request = self._http.build_request("POST", url, data=values, headers=headers)
+        else:
+            request = self._http.build_request("GET", httpx.URL(url).copy_merge_params(values), headers=headers)
         try:
-            if method == "POST":
-                response = self._http.post(url, data=values, headers=headers)
-            else:
-                response = self._http.get(httpx.URL(url).copy_merge_params(values), headers=headers)
+            response = self._http.send(request, stream=True)
+            try:
+                content = bytearray()
+                for piece in response.iter_bytes():  # bounded: a token endpoint may answer anything
+                    content += piece
+                    if len(content) > MAX_TOKEN_RESPONSE:
+                        endpoint = httpx.URL(url).copy_with(query=None)
+                        raise RegistryError(operation, response.status_code,
+                                            message=f"the token endpoint {endpoint} answered more than "
+                                                    f"{MAX_TOKEN_RESPONSE:,} bytes; not a token")
+            finally:
+                response.close()
         except httpx.HTTPError as exc:
             raise _transport_error(operation, exc) from None
         try:
-            body = response.json()
+            body = json.loads(content)
         except ValueError:
             body = None
-        return response.status_code, body, response.content
+        return response.status_code, body, bytes(content)
 
 
 class Repository:
@@ -388,9 +402,11 @@ class Repository:
             for expected, what in ((requested, "the requested digest"), (header, "Docker-Content-Digest")):
                 if expected:
                     actual = compute_digest(raw, _hasher(expected).name)
-                    if actual != expected:
-                        raise RegistryError(operation, 200, ("DIGEST_INVALID",),
-                                            f"content hashes to {actual}, {what} says {expected}")
+                    if actual != expected:  # the body may be damaged in transit: worth another GET;
+                        # a header that lies about intact bytes is the registry's fault: final
+                        raise RegistryError(operation, 200, () if expected == requested else ("DIGEST_INVALID",),
+                                            f"content hashes to {actual}, {what} says {expected}",
+                                            retryable=expected == requested)
             try:
                 return parse_manifest(raw, _media_type(response), requested or header or compute_digest(raw))
             except ValueError as exc:

@@ -312,10 +312,6 @@ def _first_get_of_each_digest() -> Any:
     return policy
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: mirror/registry/client.py + errors.py: a body whose sha256 does not "
-                   "match (DIGEST_INVALID, raised by BlobStream and get_manifest) is never retried, so one "
-                   "corrupted transfer fails the image; bytes damaged in transit must be fetched again (retry) and "
-                   "fail only when they stay wrong.")
 def test_corrupted_bytes_in_transit_are_fetched_again(seeded_source: Any, empty_target: Any, tmp_path: Path,
                                                        fault_proxy: Callable[..., FaultProxy], figures: Any):
     source, seeded = seeded_source
