@@ -24,6 +24,7 @@ test-slow: install
 
 test-reliability: install
 	$(PYTEST) -m reliability -q
+	$(PY) scripts/reliability_table.py --print
 
 # A real migration against two local registries: seed, migrate examples/, show diff and report.
 demo: install
