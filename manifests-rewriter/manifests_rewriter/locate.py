@@ -90,7 +90,7 @@ FILE_KINDS = ("manifest", "helm-values", "kustomization", "compose")
 # PyYAML's C composer recurses once per nesting level in C and crashes the interpreter
 # (SIGSEGV) somewhere between 20,000 and 40,000 levels; no real manifest nests beyond
 # a few dozen. Anything deeper than this is refused before composing.
-MAX_DEPTH = 1000
+MAX_DEPTH = 1000  # libyaml 0.2.6 (PyYAML 6.0.4 wheels) has the same limit of its own
 # Walk budget: collections reached again through aliases (and merged entries). A
 # YAML bomb (nested aliases) reaches it after a fraction of a second, with memory
 # bounded by the text; a document without aliases never comes near it.
@@ -214,6 +214,9 @@ class LocateError(YamlError):
 
 
 def _error_from(exc: yaml.YAMLError, text: str) -> YamlError:
+    if "maximum nesting depth" in str(getattr(exc, "problem", "")):  # libyaml >= 0.2.6 enforces its own limit
+        mark = getattr(exc, "problem_mark", None)
+        return LocateError(f"nested more than {MAX_DEPTH} levels deep; refused", mark.line + 1 if mark else None)
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         parts = [p for p in (exc.context, exc.problem) if p]
