@@ -18,6 +18,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = ROOT / "tests" / "reliability" / "last-run.json"
 DEFAULT_OUTPUT = ROOT / "tests" / "reliability" / "RESULTS.md"
+README = ROOT / "README.md"
+README_BEGIN, README_END = "<!-- reliability-table:begin -->", "<!-- reliability-table:end -->"
 
 ROWS = (
     # category, what, tried column, handled column
@@ -84,10 +86,18 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(json_path: Path = DEFAULT_JSON, output: Path = DEFAULT_OUTPUT) -> str:
+def write_results(json_path: Path = DEFAULT_JSON, output: Path = DEFAULT_OUTPUT, readme: Path = README) -> str:
+    """Write the table to RESULTS.md and into the README between its reliability markers."""
     data = json.loads(Path(json_path).read_text(encoding="utf-8"))
     text = render(data)
     Path(output).write_text(text, encoding="utf-8")
+    if readme.exists():
+        current = readme.read_text(encoding="utf-8")
+        start, end = current.find(README_BEGIN), current.find(README_END)
+        if 0 <= start < end:
+            updated = current[:start + len(README_BEGIN)] + "\n" + text + current[end:]
+            if updated != current:
+                readme.write_text(updated, encoding="utf-8")
     return text
 
 
