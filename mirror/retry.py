@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -42,7 +43,19 @@ def _log(state: tenacity.RetryCallState) -> None:
 
 
 def call(fn: Callable[[], T], *, retries: int, sleep: Callable[[float], None] | None = None) -> T:
-    """Run fn, retrying retryable RegistryErrors up to `retries` more times; the last error is raised."""
+    """Run fn, retrying retryable RegistryErrors up to `retries` more times.
+
+    When every attempt failed, the error raised is the one that failed most attempts (the
+    cause that persisted, not whichever transient fault happened to come last)."""
+    seen: list[RegistryError] = []
+
+    def attempt() -> T:
+        try:
+            return fn()
+        except RegistryError as exc:
+            seen.append(exc)
+            raise
+
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(is_retryable),
         stop=tenacity.stop_after_attempt(max(1, retries + 1)),
@@ -51,4 +64,16 @@ def call(fn: Callable[[], T], *, retries: int, sleep: Callable[[float], None] | 
         reraise=True,
         sleep=sleep or time.sleep,
     )
-    return retrying(fn)
+    try:
+        return retrying(attempt)
+    except RegistryError as last:
+        counts = Counter(str(e) for e in seen)
+        if len(counts) < 2:
+            raise
+        persistent, times = counts.most_common(1)[0]
+        first = next(e for e in seen if str(e) == persistent)
+        if first is last:
+            raise
+        raise RegistryError(first.operation, first.status, first.codes,
+                            f"{first.message} ({times} of {len(seen)} attempts; the last: {last.cause})",
+                            retryable=False) from None
