@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,35 +37,12 @@ from mirror.docker_engine import DockerEngine  # noqa: E402
 from mirror.registry.client import RegistryClient  # noqa: E402
 from mirror.registry.credentials import Credentials  # noqa: E402
 from tests.support.engines import DaemonStartError, running_daemon  # noqa: E402
-from tests.support.images import OciImage, push  # noqa: E402
-from tests.support.registries import Registry, start_registry  # noqa: E402
+from tests.support.images import OciImage  # noqa: E402
+from tests.support.registries import Registry  # noqa: E402
 
 MIB = 1024 * 1024
 
-try:  # the registry-engine bench's image set and engine runner, when that bench is present
-    from bench.bench_sync import blob_sizes, build_set, run_engine
-except ImportError:  # pragma: no cover - bench_sync missing: a small set of the same shape
-    from tests.support.images import build_image, build_index
-
-    def build_set(workdir: Path, scale: float, large_mib: int) -> dict[str, OciImage]:
-        base = [int(s * MIB * scale) for s in (6, 4, 2)]
-        images = {f"bench/app{i}:1.0": build_image(workdir, layers=[*base, int(2 * MIB * scale)], seed=f"bench/{i}")
-                  for i in range(10)}
-        images["bench/multi:1.0"] = build_index(workdir, seed="bench/multi")
-        images["bench/large:1.0"] = build_image(workdir, layers=[large_mib * MIB], seed="bench/large")
-        return images
-
-    def blob_sizes(image: OciImage) -> dict[str, int]:
-        sizes: dict[str, int] = {}
-        for item in [image, *image.children]:
-            manifest = json.loads(item.manifest)
-            for desc in [manifest.get("config")] + manifest.get("layers", []):
-                if desc:
-                    sizes[desc["digest"]] = desc["size"]
-        return sizes
-
-    run_engine = None  # type: ignore[assignment]
-
+from bench.bench_sync import bench_registries, blob_sizes, run_engine  # noqa: E402 - the same image set
 
 # ----------------------------------------------------------------------------- fidelity
 
@@ -162,27 +137,13 @@ def docker_run(kind: str, source: Registry, target: Registry, refs: list[str]) -
 
 
 def registry_run(source: Registry, target: Registry, refs: list[str]) -> Run:
-    if run_engine is not None:  # bench_sync's worker: CopyEngine in a fresh process, timed around copy_all
-        cold = run_engine(source, target, refs)
-        noop = run_engine(source, target, refs)
-        seconds, noop_seconds, moved = cold["seconds"], noop["seconds"], cold["bytes_moved"]
-        if cold["failed"]:
-            raise RuntimeError(f"registry engine: {cold['failed']}")
-    else:  # pragma: no cover
-        from mirror.copy import CopyEngine
-
-        hosts = {source.host: RegistrySettings(insecure=True), target.host: RegistrySettings(insecure=True)}
-        config = Config(target_registry=target.host, registries=hosts, copy=CopySettings(concurrency=8))
-        mappings = [Mapping(parse(source.ref(r)), parse(target.ref(r))) for r in refs]
-        with CopyEngine(config, credentials=lambda host: None) as engine:
-            start = time.perf_counter()
-            results = engine.copy_all(mappings)
-            seconds = time.perf_counter() - start
-            start = time.perf_counter()
-            engine.copy_all(mappings)
-            noop_seconds = time.perf_counter() - start
-        moved = sum(r.bytes_moved for r in results)
-    return Run("CopyEngine (registry API)", seconds, noop_seconds, moved, fidelity(source, target, refs, ""))
+    """bench_sync's worker: CopyEngine in a fresh process, timed around copy_all; then a no-op re-run."""
+    cold = run_engine(source, target, refs)
+    if cold["failed"]:
+        raise RuntimeError(f"registry engine: {cold['failed']}")
+    noop = run_engine(source, target, refs)
+    return Run("CopyEngine (registry API)", cold["seconds"], noop["seconds"], cold["bytes_moved"],
+               fidelity(source, target, refs, ""))
 
 
 # ----------------------------------------------------------------------------- main
@@ -194,29 +155,18 @@ def main() -> int:
     parser.add_argument("--large-mib", type=int, default=512, help="size of the large single layer")
     parser.add_argument("--daemons", default="dockerd,podman", help="comma-separated: dockerd, podman")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-docker-") as tmp:
-        workdir = Path(tmp)
-        source = start_registry(workdir / "source")
-        target = start_registry(workdir / "target")
-        try:
-            return measure(args, workdir, source, target)
-        finally:
-            source.stop()
-            target.stop()
+    with bench_registries(args.scale, args.large_mib, "bench-docker-") as (workdir, source, target, images):
+        return measure(args, workdir, source, target, images)
 
 
-def measure(args: argparse.Namespace, workdir: Path, source: Registry, target: Registry) -> int:
-    started = time.perf_counter()
-    images = build_set(workdir / "images", args.scale, args.large_mib)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(lambda item: push(item[1], source, *item[0].rsplit(":", 1)), images.items()))
+def measure(args: argparse.Namespace, workdir: Path, source: Registry, target: Registry,
+            images: dict[str, OciImage]) -> int:
     refs = list(images)
     unique: dict[str, int] = {}
     for ref in refs:
         unique.update(blob_sizes(images[ref]))
     mib = sum(unique.values()) / MIB
-    print(f"seeded {len(refs)} images ({mib:.0f} MiB of unique blobs, one 2-platform index) "
-          f"in {time.perf_counter() - started:.1f} s", flush=True)
+    print(f"{len(refs)} images, {mib:.0f} MiB of unique blobs, one 2-platform index", flush=True)
 
     runs: list[Run] = []
     target.wipe()

@@ -17,6 +17,7 @@ Usage: python bench/bench_sync.py [--scale 0.25] [--large-mib 1024] [--repeat 2]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import hashlib
 import http.client
@@ -29,6 +30,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -206,22 +208,32 @@ def main() -> int:
         worker(json.loads(args.worker))
         return 0
 
-    with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
+    with bench_registries(args.scale, args.large_mib, "bench-sync-") as (workdir, source, target, images):
+        return measure(args, workdir, source, target, images)
+
+
+@contextlib.contextmanager
+def bench_registries(scale: float, large_mib: int, prefix: str) -> Iterator[
+        tuple[Path, Registry, Registry, dict[str, OciImage]]]:
+    """Two local registries, the source seeded with the bench set (also used by bench_docker)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         workdir = Path(tmp)
         source = start_registry(workdir / "source")
         target = start_registry(workdir / "target")
         try:
-            return measure(args, workdir, source, target)
+            started = time.perf_counter()
+            images = build_set(workdir / "images", scale, large_mib)
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                list(pool.map(lambda item: push(item[1], source, *item[0].rsplit(":", 1)), images.items()))
+            print(f"seeded {len(images)} images in {time.perf_counter() - started:.1f} s", flush=True)
+            yield workdir, source, target, images
         finally:
             source.stop()
             target.stop()
 
 
-def measure(args: argparse.Namespace, workdir: Path, source: Registry, target: Registry) -> int:
-    started = time.perf_counter()
-    images = build_set(workdir / "images", args.scale, args.large_mib)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(lambda item: push(item[1], source, *item[0].rsplit(":", 1)), images.items()))
+def measure(args: argparse.Namespace, workdir: Path, source: Registry, target: Registry,
+            images: dict[str, OciImage]) -> int:
     ten = [r for r in images if r.startswith("bench/app")]
     twelve = list(images)
     unique10: dict[str, int] = {}
@@ -230,8 +242,7 @@ def measure(args: argparse.Namespace, workdir: Path, source: Registry, target: R
     unique12 = dict(unique10)
     for ref in twelve:
         unique12.update(blob_sizes(images[ref]))
-    print(f"seeded {len(images)} images in {time.perf_counter() - started:.1f} s: 10-image set "
-          f"{sum(unique10.values()) / MIB:.0f} MiB unique, large layer {args.large_mib} MiB", flush=True)
+    print(f"10-image set {sum(unique10.values()) / MIB:.0f} MiB unique, large layer {args.large_mib} MiB", flush=True)
 
     ceiling = max(bare_put(target, 256 * MIB, f"ceiling-{i}") for i in range(2))
     target.wipe()
