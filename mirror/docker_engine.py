@@ -141,16 +141,6 @@ class _Stream:
     layers: dict[str, str] = field(default_factory=dict)  # layer id (12 hex) -> last status
 
 
-@dataclass
-class _Hold:
-    """Mappings currently using one pulled reference; the last one out removes it if the run created it."""
-
-    users: int = 0
-    created: bool = False
-    removing: bool = False
-    removed: threading.Event = field(default_factory=threading.Event)
-
-
 class _PullGate:
     """Pulls share the gate; removing a local image waits until no pull is in flight, and holds new
     pulls back meanwhile. A pull in progress reuses layers it found locally before its image exists,
@@ -240,7 +230,8 @@ class DockerEngine(Engine):
         self._daemon: DaemonInfo | None = None
         self._api_lock = threading.Lock()
         self._sources: dict[tuple[str, str, str], SourceImage] = {}  # (host, repository, digest) -> source
-        self._holds: dict[str, _Hold] = {}
+        self._pull_locks: dict[str, threading.Lock] = {}
+        self._created_tags: set[str] = set()  # target tags this run made (removed after each push)
         self._gate = _PullGate()
 
     # -- public API ---------------------------------------------------------------------------
@@ -310,6 +301,8 @@ class DockerEngine(Engine):
 
     def close(self) -> None:
         super().close()
+        if self._api is not None:
+            self._sweep_target_tags()
         with self._api_lock:
             api, self._api, self._daemon = self._api, None, None
         if api is not None:
@@ -574,36 +567,19 @@ class DockerEngine(Engine):
 
     @contextlib.contextmanager
     def _hold(self, pull_ref: str) -> Any:
-        """Use a pulled reference under a shared hold: two mappings pulling the same reference (two
-        tags naming one digest) share it, and the last one done removes it if this run created it.
-        A mapping arriving while that removal runs waits for it, then finds the name gone."""
-        while True:
-            with self._lock:
-                hold = self._holds.get(pull_ref)
-                if hold is None or not hold.removing:
-                    if hold is None:
-                        hold = self._holds[pull_ref] = _Hold()
-                    hold.users += 1
-                    if hold.users == 1:
-                        hold.created = not self._has_name(pull_ref)
-                    break
-            hold.removed.wait()
-        try:
-            yield
-        finally:
-            with self._lock:
-                hold.users -= 1
-                hold.removing = remove = hold.users == 0 and hold.created
-                if hold.users == 0 and not remove:
-                    self._holds.pop(pull_ref, None)
-            if remove:
-                try:
+        """One mapping at a time per pulled reference (two tags naming one digest): pull, tag and
+        push, then remove the pulled name if this mapping created it. (Sharing one pulled name
+        between concurrent copies raced in podman: names came back, or pushes got the wrong tag.)"""
+        with self._lock:
+            lock = self._pull_locks.setdefault(pull_ref, threading.Lock())
+        with lock:
+            created = not self._has_name(pull_ref)
+            try:
+                yield
+            finally:
+                if created:
                     with self._gate.removal():
                         self._remove_local(pull_ref)
-                finally:
-                    with self._lock:
-                        self._holds.pop(pull_ref, None)
-                    hold.removed.set()
 
     @contextlib.contextmanager
     def _target_tag(self, image_id: str, plan: _Plan) -> Any:
@@ -613,11 +589,25 @@ class DockerEngine(Engine):
         with self._daemon_errors(f"tag {image_id} as {plan.push_ref} in {self.daemon.label}"):
             if not self.api().tag(image_id, plan.push_name, plan.push_tag, force=True):
                 raise DockerEngineError(f"tag {image_id} as {plan.push_ref}: the engine refused")
+        if not existed:
+            with self._lock:
+                self._created_tags.add(plan.push_ref)
         try:
             yield
         finally:
             if not existed:
-                self._remove_local(plan.push_ref)
+                with self._gate.removal():  # removing the last name deletes the image: not under a pull
+                    self._remove_local(plan.push_ref)
+
+    def _sweep_target_tags(self) -> None:
+        """Target tags this run created that a daemon still shows (podman, under concurrent copies
+        of one image, can keep a name that was removed): removed once more, at the end."""
+        with self._lock:
+            created, self._created_tags = set(self._created_tags), set()
+        for name in sorted(created):
+            if self._has_name(name):
+                with self._gate.removal():
+                    self._remove_local(name)
 
     def _auth_config(self, host: str) -> dict[str, str]:
         """The registry credentials for `host`, as the Engine API takes them per call (X-Registry-Auth).
