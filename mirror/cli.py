@@ -243,7 +243,7 @@ def _summary(results: list[Any]) -> None:
         counts[r.status] = counts.get(r.status, 0) + 1
     moved = sum(r.bytes_moved or 0 for r in results)
     parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    click.echo(f"{len(results)} images: {parts or 'nothing to do'}; {report._size(moved)} moved.", err=True)
+    click.echo(f"{len(results)} images: {parts or 'nothing to do'}; {report.human_size(moved)} moved.", err=True)
     for r in results:  # registry messages are remote text: escaped
         if r.status == "failed":
             click.echo(printable(f"failed: {r.source} -> {r.target}: {r.error}"), err=True)

@@ -13,12 +13,9 @@ from typing import Any
 from manifests_rewriter.files import printable
 
 from .engine import Progress
+from .report import human_size
 
 _STYLE = {"copied": "green", "present": "dim", "failed": "red", "planned": "yellow"}
-
-
-def _size(n: int) -> str:
-    return f"{n / 1048576:.1f} MiB" if n >= 1048576 else f"{n / 1024:.0f} KiB"
 
 
 def make_progress(is_terminal: bool) -> Progress:
@@ -37,7 +34,7 @@ def make_progress(is_terminal: bool) -> Progress:
         # not "status:" - the final summary owns the one "failed: ..." line per image
         line = f"{status:>8} {info.get('source', '')} -> {info.get('target', '')}"
         if info.get("bytes_moved"):
-            line += f" ({_size(int(info['bytes_moved']))})"
+            line += f" ({human_size(int(info['bytes_moved']))})"
         if info.get("error"):
             line += f": {info['error']}"
         line = printable(line)  # registry error text is remote input

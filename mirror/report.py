@@ -89,7 +89,7 @@ def scan_sarif(result: ScanResult) -> str:
     return json.dumps(document, indent=2)
 
 
-def _size(n: int | None) -> str:
+def human_size(n: int | None) -> str:
     if not n:
         return "0 B"
     size = float(n)
@@ -108,7 +108,7 @@ def markdown_summary(copies: Iterable[dict[str, Any]], rewrites: Iterable[dict[s
     lines = ["# acr-mirror migration report", ""]
     failed = [c for c in copies if c.get("status") == "failed"]
     lines += [f"- images: {len(copies)} ({len(failed)} failed)",
-              f"- bytes moved: {_size(sum(c.get('bytes_moved') or 0 for c in copies))}",
+              f"- bytes moved: {human_size(sum(c.get('bytes_moved') or 0 for c in copies))}",
               f"- files rewritten: {len(rewrites)}",
               f"- still refused by the policy: {len(remaining)}", ""]
     if copies:
@@ -120,7 +120,7 @@ def markdown_summary(copies: Iterable[dict[str, Any]], rewrites: Iterable[dict[s
                 status += f": {c['error']}"
             digest = (c.get("digest") or "")[:19]
             lines.append(f"| `{c.get('source')}` | `{c.get('target')}` | `{digest}` | "
-                         f"{', '.join(c.get('platforms') or [])} | {_size(c.get('bytes_moved'))} | {status} |")
+                         f"{', '.join(c.get('platforms') or [])} | {human_size(c.get('bytes_moved'))} | {status} |")
         lines.append("")
     if rewrites:
         lines += ["## Rewritten", ""]
