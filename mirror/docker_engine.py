@@ -231,7 +231,6 @@ class DockerEngine(Engine):
         self._api_lock = threading.Lock()
         self._sources: dict[tuple[str, str, str], SourceImage] = {}  # (host, repository, digest) -> source
         self._pull_locks: dict[str, threading.Lock] = {}
-        self._created_tags: set[str] = set()  # target tags this run made (removed after each push)
         self._gate = _PullGate()
 
     # -- public API ---------------------------------------------------------------------------
@@ -301,8 +300,6 @@ class DockerEngine(Engine):
 
     def close(self) -> None:
         super().close()
-        if self._api is not None:
-            self._sweep_target_tags()
         with self._api_lock:
             api, self._api, self._daemon = self._api, None, None
         if api is not None:
@@ -589,25 +586,12 @@ class DockerEngine(Engine):
         with self._daemon_errors(f"tag {image_id} as {plan.push_ref} in {self.daemon.label}"):
             if not self.api().tag(image_id, plan.push_name, plan.push_tag, force=True):
                 raise DockerEngineError(f"tag {image_id} as {plan.push_ref}: the engine refused")
-        if not existed:
-            with self._lock:
-                self._created_tags.add(plan.push_ref)
         try:
             yield
         finally:
             if not existed:
                 with self._gate.removal():  # removing the last name deletes the image: not under a pull
                     self._remove_local(plan.push_ref)
-
-    def _sweep_target_tags(self) -> None:
-        """Target tags this run created that a daemon still shows (podman, under concurrent copies
-        of one image, can keep a name that was removed): removed once more, at the end."""
-        with self._lock:
-            created, self._created_tags = set(self._created_tags), set()
-        for name in sorted(created):
-            if self._has_name(name):
-                with self._gate.removal():
-                    self._remove_local(name)
 
     def _auth_config(self, host: str) -> dict[str, str]:
         """The registry credentials for `host`, as the Engine API takes them per call (X-Registry-Auth).
