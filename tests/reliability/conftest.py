@@ -165,6 +165,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     outcomes = collections.Counter(r["outcome"] for r in _outcomes.values())
     not_run = sorted(set(_collected) - set(_outcomes))
+    # every module of the suite must have run: one file run alone must not rewrite the README table
+    modules = {n.split("::")[0].rsplit("/", 1)[-1] for n in _collected}
+    whole_suite = modules >= {p.name for p in HERE.glob("test_*.py")}
     data = {
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
@@ -176,7 +179,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         # the whole folder ran, slow tests included (make test-reliability): the README table is rendered
         # from this run; after partial runs (make test skips the slow ones) render by hand if wanted.
         # With xdist the deselected tests are unknown here, so it is never rendered automatically.
-        "renderable": not not_run and not _xdist_collected,
+        "renderable": whole_suite and not not_run and not _xdist_collected,
         "outcomes": dict(sorted(outcomes.items())),
         "categories": _summarise(),
         "tests": dict(sorted(_outcomes.items())),
