@@ -6,11 +6,11 @@ PYTEST := $(PY) -m pytest
 
 .PHONY: install test test-slow test-reliability demo bench lint clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml manifests-rewriter/pyproject.toml
 	./scripts/install-system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e ./manifests-rewriter -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed

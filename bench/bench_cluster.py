@@ -43,7 +43,8 @@ def peak_mb() -> float:
 def child_scan(kubeconfig: str) -> dict[str, object]:
     from manifests_rewriter.naming import target_for
     from manifests_rewriter.policy import Policy
-    from mirror.cluster.scan import connect, scan_cluster
+    from mirror.cluster.kube import connect
+    from mirror.cluster.scan import scan_cluster
 
     start = time.perf_counter()
     api = connect(kubeconfig)

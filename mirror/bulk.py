@@ -53,8 +53,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from manifests_rewriter.errors import UsageError
+from manifests_rewriter.files import write_atomic
 from manifests_rewriter.rewrite import FileRewrite, RewriteResult
-from manifests_rewriter.splice import write_atomic
 
 DEFAULT_BRANCH = "acr-mirror/allowed-images"
 COMMIT_SUBJECT = "Point container images at the allowed registry"
@@ -70,7 +71,7 @@ _IN_PROGRESS = (("rebase-merge", "rebase"), ("rebase-apply", "rebase or am"), ("
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s'\"]+@")  # up to the last '@' of the authority
 
 
-class BulkError(Exception):
+class BulkError(UsageError):
     """The run cannot start at all (git missing, an invalid branch name)."""
 
 

@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from manifests_rewriter.errors import UsageError
 from manifests_rewriter.model import Finding, Mapping
 from manifests_rewriter.reference import ReferenceError, parse
 
 PLAN_VERSION = 1
 
 
-class PlanError(ValueError):
-    pass
+class PlanError(UsageError):
+    """A plan file or --shard that cannot be used; one line naming the file."""
 
 
 @dataclass

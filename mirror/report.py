@@ -1,20 +1,22 @@
-"""Reports: a terminal table, JSON for machines, SARIF for code hosts, Markdown for people."""
+"""Reports written to files or stdout: JSON for machines, SARIF for code hosts, Markdown for
+people. (What goes to the terminal is mirror.terminal's.)"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-
-from manifests_rewriter.files import printable
+from manifests_rewriter.files import write_atomic
 from manifests_rewriter.model import Finding
+from manifests_rewriter.rewrite import RewriteResult
 from manifests_rewriter.scan import ScanResult
-from manifests_rewriter.splice import write_atomic
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .pipeline import MigrationRun, SyncRun
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 RULES = {
@@ -27,34 +29,6 @@ RULES = {
 def write_output(path: str, text: str) -> None:
     """Reports and plans are written whole or not at all (a killed run leaves the old file)."""
     write_atomic(Path(path), text.encode("utf-8"))
-
-
-def console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, soft_wrap=True, highlight=False)
-
-
-def finding_line(f: Finding) -> str:
-    """One grep-friendly line: where: image -> target (workload, container)."""
-    workload = "/".join(x for x in (f.kind, f.namespace, f.name) if x)
-    context = ", ".join(x for x in (workload, f.container and f"container {f.container}") if x)
-    target = f" -> {f.target}" if f.target else f" ({f.reason})"
-    return printable(f"{f.location()}: {f.image}{target}" + (f"  [{context}]" if context else ""))
-
-
-def print_scan_table(result: ScanResult, out: Console) -> None:
-    if result.findings:
-        out.print(f"{len(result.findings)} image references the policy would refuse:", style="bold")
-        for f in result.findings:
-            out.print("  " + finding_line(f), markup=False)
-    if result.warnings:
-        out.print(f"{len(result.warnings)} images outside pod specs (refused later, when an operator creates the pod):",
-                  style="bold")
-        for w in result.warnings:
-            out.print(printable(f"  {w.location()}: {w.image}: {w.reason}"), markup=False)
-    for error in result.errors:
-        out.print(f"error: {error}", markup=False, style="red")
-    out.print(f"{result.files} files scanned: {len(result.findings)} findings, "
-              f"{len(result.warnings)} warnings, {len(result.errors)} errors.")
 
 
 def scan_json(result: ScanResult) -> str:
@@ -134,3 +108,29 @@ def markdown_summary(copies: Iterable[dict[str, Any]], rewrites: Iterable[dict[s
     else:
         lines.append("Nothing: every container image found matches the policy.")
     return "\n".join(lines) + "\n"
+
+
+def _rewritten(result: RewriteResult | None) -> list[dict[str, Any]]:
+    return [{"file": f.source.display, "changes": [vars(c) for c in f.changes]}
+            for f in (result.changed if result else [])]
+
+
+def sync_report(path: str, run: SyncRun) -> None:
+    """`sync --report`: JSON, or a Markdown summary for a path ending in .md."""
+    images = [c.as_json() for c in run.copies]
+    if path.endswith(".md"):
+        write_output(path, markdown_summary(images, [], []))
+    else:
+        write_output(path, json.dumps({"images": images}, indent=2) + "\n")
+
+
+def migration_report(path: str, run: MigrationRun) -> None:
+    """`migrate --report`: what was copied, rewritten, and what still blocks enforcement."""
+    images = [c.as_json() for c in run.copies]
+    rewritten = _rewritten(run.rewrite)
+    if path.endswith(".md"):
+        text = markdown_summary(images, rewritten, run.remaining)
+    else:
+        text = json.dumps({"images": images, "rewrites": rewritten, "remaining": [f.as_json() for f in run.remaining],
+                           "errors": [e.as_json() for e in run.scan.errors]}, indent=2) + "\n"
+    write_output(path, text)

@@ -31,11 +31,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from manifests_rewriter.config import RegistrySettings
-from mirror.registry import acr
-from mirror.registry.acr import AAD_SCOPE, AcrExchangeError, AcrRefreshTokenSource, jwt_expiry
-from mirror.registry.acr_lock import LockError, lock_image
-from mirror.registry.credentials import credentials_for
+from mirror.azure.acr_lock import LockError, lock_image
+from mirror.azure.identity import ACR_SCOPE, EntraIdTokenProvider
+from mirror.registry.acr import AcrExchange, AcrExchangeError, jwt_expiry
+from mirror.registry.client import RegistryClient
+from mirror.registry.credentials import CredentialError, Credentials, credentials_for
+from mirror.registry.errors import RegistryError
+from mirror.registry.transport import Transport
+from mirror.settings import RegistrySettings
 
 HOST = "crmirror.azurecr.io"
 DIGEST = "sha256:" + "ab" * 32
@@ -269,13 +272,6 @@ def _write_tls(directory: Path) -> tuple[Path, Path, Path]:
     return ca_path, cert_path, key_path
 
 
-@pytest.fixture(autouse=True)
-def _fresh_shared_sources() -> Iterator[None]:
-    acr.clear_shared_sources()
-    yield
-    acr.clear_shared_sources()
-
-
 @pytest.fixture
 def server() -> Iterator[AcrServer]:
     s = AcrServer()
@@ -306,14 +302,32 @@ class Clock:
 # -- the exchange --------------------------------------------------------------------------------
 
 
+def exchange_for(server: AcrServer, settings: RegistrySettings | None = None, credential: Any = None,
+                 clock: Any = time.time) -> AcrExchange:
+    settings = settings or RegistrySettings(endpoint=server.url)
+    return AcrExchange(HOST, EntraIdTokenProvider(credential or StaticCredential(server.aad_token)),
+                       Transport(HOST, settings), tenant=settings.tenant, clock=clock)
+
+
+def entra_client(server: AcrServer, settings: RegistrySettings | None = None, credential: Any = None,
+                 host: str = HOST) -> RegistryClient:
+    creds = Credentials("entra", entra_id=EntraIdTokenProvider(credential or StaticCredential(server.aad_token)),
+                        tenant=(settings or RegistrySettings()).tenant)
+    return RegistryClient(host, settings or RegistrySettings(endpoint=server.url), credentials=creds, retries=0)
+
+
+def realm_of(server: AcrServer) -> str:
+    return f"{server.url}/oauth2/token"
+
+
 def test_exchange_form_and_one_exchange_for_many_calls_from_many_threads(server: AcrServer) -> None:
     credential = StaticCredential(server.aad_token)
-    source = AcrRefreshTokenSource(HOST, RegistrySettings(endpoint=server.url), credential=credential)
+    exchange = exchange_for(server, credential=credential)
     results: list[str] = []
 
     def work() -> None:
         for _ in range(50):
-            results.append(source.refresh_token())
+            results.append(exchange.refresh_token(server.url, realm_of(server), HOST))
 
     threads = [threading.Thread(target=work) for _ in range(8)]
     for t in threads:
@@ -321,166 +335,160 @@ def test_exchange_form_and_one_exchange_for_many_calls_from_many_threads(server:
     for t in threads:
         t.join()
     assert len(results) == 400 and set(results) == {server.issued[0]}
-    assert server.count("/oauth2/exchange") == 1 and source.exchanges == 1
-    assert credential.scopes == [(AAD_SCOPE,)]
+    assert server.count("/oauth2/exchange") == 1 and exchange.exchanges == 1
+    assert credential.scopes == [(ACR_SCOPE,)]
     (request,) = server.find("/oauth2/exchange")
     assert request["form"] == {"grant_type": "access_token", "service": HOST,
                                "tenant": "tenant-from-token", "access_token": server.aad_token}
     assert request["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
 
 
-def test_exchange_follows_the_challenge_realm_to_another_port(server: AcrServer) -> None:
-    """The registry endpoint and the token endpoint on different ports (as in the shared fixtures)."""
+def test_client_exchanges_once_at_the_challenge_realm_on_another_port(server: AcrServer) -> None:
+    """The registry endpoint and the token endpoint on different ports (as in the shared fixtures):
+    the client's ping learns the realm; the exchange goes to its sibling /oauth2/exchange."""
     registry = AcrServer(service="registry-service-name")
     try:
-        registry.realm = f"{server.url}/oauth2/token"
-        clock = Clock()
-        source = AcrRefreshTokenSource(HOST, RegistrySettings(endpoint=registry.url),
-                                       credential=StaticCredential(server.aad_token), clock=clock)
-        assert source.refresh_token() == server.issued[0]
-        assert source.exchange_url == f"{server.url}/oauth2/exchange"
+        registry.realm = realm_of(server)
+        client = entra_client(server, RegistrySettings(endpoint=registry.url))
+        client.ping()
+        scopes = ("repository:library/nginx:pull",)
+        assert client.auth.authorization(scopes) == "Bearer " + sorted(server.access_tokens)[0]
+        assert client.auth.acr is not None and client.auth.acr.exchange_url == f"{server.url}/oauth2/exchange"
         assert registry.count("/oauth2/exchange") == 0 and registry.count("/v2/") == 1
         assert server.find("/oauth2/exchange")[0]["form"]["service"] == "registry-service-name"
-        clock.now += 7200  # a second exchange does not ping again
-        assert source.refresh_token() == server.issued[1]
-        assert registry.count("/v2/") == 1 and server.count("/oauth2/exchange") == 2
+        client.auth.authorization(("repository:other:pull",))  # another scope: a token, no new exchange
+        assert server.count("/oauth2/exchange") == 1 and server.count("/oauth2/token") == 2
+        client.close()
     finally:
         registry.close()
 
 
 def test_realm_on_another_host_is_not_followed(server: AcrServer, caplog: pytest.LogCaptureFixture) -> None:
-    server.realm = f"http://localhost:{server.port}/oauth2/token"  # same server, but another host name
-    source = AcrRefreshTokenSource(HOST, RegistrySettings(endpoint=server.url),
-                                   credential=StaticCredential(server.aad_token))
+    realm = f"http://localhost:{server.port}/oauth2/token"  # same server, but another host name
     with caplog.at_level(logging.WARNING):
-        source.refresh_token()
+        exchange_for(server).refresh_token(server.url, realm, "evil-service")
     assert "is not on 127.0.0.1 or crmirror.azurecr.io" in caplog.text
     (request,) = server.find("/oauth2/exchange")
     assert request["headers"]["Host"] == server.hostport and request["form"]["service"] == HOST
 
 
-def test_no_challenge_exchanges_at_the_endpoint(server: AcrServer) -> None:
-    server.challenge = False
-    source = AcrRefreshTokenSource(HOST, RegistrySettings(endpoint=server.url + "/"),
-                                   credential=StaticCredential(server.aad_token))
-    assert source.refresh_token() == server.issued[0]
-    assert source.exchange_url == f"{server.url}/oauth2/exchange"
+def test_no_realm_exchanges_at_the_endpoint(server: AcrServer) -> None:
+    exchange = exchange_for(server, RegistrySettings(endpoint=server.url + "/"))
+    assert exchange.refresh_token(server.url + "/", None, None) == server.issued[0]
+    assert exchange.exchange_url == f"{server.url}/oauth2/exchange"
     assert server.find("/oauth2/exchange")[0]["form"]["service"] == HOST
 
 
 def test_tenant_setting_is_sent(server: AcrServer) -> None:
-    source = AcrRefreshTokenSource(HOST, RegistrySettings(endpoint=server.url, tenant="contoso-tenant"),
-                                   credential=StaticCredential(server.aad_token))
-    source.refresh_token()
+    exchange_for(server, RegistrySettings(endpoint=server.url, tenant="contoso-tenant")).refresh_token(
+        server.url, realm_of(server), HOST)
     assert server.find("/oauth2/exchange")[0]["form"]["tenant"] == "contoso-tenant"
 
 
 def test_no_tenant_when_unknown(server: AcrServer) -> None:
     server.aad_token = "opaque-aad-token"
-    source = AcrRefreshTokenSource(HOST, RegistrySettings(endpoint=server.url),
-                                   credential=StaticCredential(server.aad_token))
-    source.refresh_token()
+    exchange_for(server).refresh_token(server.url, realm_of(server), HOST)
     assert "tenant" not in server.find("/oauth2/exchange")[0]["form"]
 
 
 def test_refreshed_shortly_before_expiry(server: AcrServer) -> None:
     clock = Clock()
     server.refresh_lifetime = 3600
-    source = AcrRefreshTokenSource(HOST, RegistrySettings(endpoint=server.url),
-                                   credential=StaticCredential(server.aad_token), clock=clock)
-    first = source.refresh_token()
+    exchange = exchange_for(server, clock=clock)
+
+    def token() -> str:
+        return exchange.refresh_token(server.url, realm_of(server), HOST)
+
+    first = token()
     exp = jwt_expiry(first)
-    assert exp is not None and abs(source.expires_at - exp) < 1
+    assert exp is not None and abs(exchange.expires_at - exp) < 1
     clock.now = exp - 301  # still more than the 5-minute margin left
-    assert source.refresh_token() == first and server.count("/oauth2/exchange") == 1
+    assert token() == first and server.count("/oauth2/exchange") == 1
     clock.now = exp - 299
-    second = source.refresh_token()
+    second = token()
     assert second != first and server.count("/oauth2/exchange") == 2
-    assert source.refresh_token() == second and server.count("/oauth2/exchange") == 2
+    assert token() == second and server.count("/oauth2/exchange") == 2
 
 
 def test_opaque_refresh_token_is_cached_three_hours(server: AcrServer) -> None:
     clock = Clock()
     server.refresh_lifetime = None
-    source = AcrRefreshTokenSource(HOST, RegistrySettings(endpoint=server.url),
-                                   credential=StaticCredential(server.aad_token), clock=clock)
+    exchange = exchange_for(server, clock=clock)
     start = clock.now
-    assert source.refresh_token() == "opaque-refresh-0"
-    assert source.expires_at == pytest.approx(start + 3 * 3600)
+    assert exchange.refresh_token(server.url, realm_of(server), HOST) == "opaque-refresh-0"
+    assert exchange.expires_at == pytest.approx(start + 3 * 3600)
     clock.now = start + 3 * 3600 - 301
-    assert source.refresh_token() == "opaque-refresh-0"
+    assert exchange.refresh_token(server.url, realm_of(server), HOST) == "opaque-refresh-0"
     clock.now = start + 3 * 3600 - 299
-    assert source.refresh_token() == "opaque-refresh-1"
+    assert exchange.refresh_token(server.url, realm_of(server), HOST) == "opaque-refresh-1"
 
 
-def test_short_lived_token_is_renewed_in_real_time(server: AcrServer) -> None:
+def test_short_lived_token_is_renewed_by_its_own_margin(server: AcrServer) -> None:
+    clock = Clock()
     server.refresh_lifetime = 2  # margin: a tenth of the lifetime
-    source = AcrRefreshTokenSource(HOST, RegistrySettings(endpoint=server.url),
-                                   credential=StaticCredential(server.aad_token))
-    first = source.refresh_token()
-    assert source.refresh_token() == first
-    # renewed before it expires: the margin is a tenth of its (1-2 s) lifetime, at least 0.1 s
-    time.sleep(max(0.0, source.expires_at - 0.03 - time.time()))
-    assert source.refresh_token() != first
+    exchange = exchange_for(server, clock=clock)
+    first = exchange.refresh_token(server.url, realm_of(server), HOST)
+    assert exchange.refresh_token(server.url, realm_of(server), HOST) == first
+    clock.now = exchange.expires_at - 0.1  # inside the last tenth of its life: renewed before it expires
+    assert exchange.refresh_token(server.url, realm_of(server), HOST) != first
     assert server.count("/oauth2/exchange") == 2
 
 
 def test_invalidate_forces_a_new_exchange(server: AcrServer) -> None:
-    creds = credentials_for(HOST, RegistrySettings(endpoint=server.url), env={},
-                            azure_credential=StaticCredential(server.aad_token))
-    first = creds.refresh_token()
-    creds.invalidate()
-    assert creds.refresh_token() != first and server.count("/oauth2/exchange") == 2
+    exchange = exchange_for(server)
+    first = exchange.refresh_token(server.url, realm_of(server), HOST)
+    exchange.invalidate()
+    assert exchange.refresh_token(server.url, realm_of(server), HOST) != first
+    assert server.count("/oauth2/exchange") == 2
 
 
-def test_credentials_for_azurecr_shares_one_cached_token(server: AcrServer, tmp_path: Path) -> None:
+def test_credentials_for_azurecr_are_entra_id_and_one_client_exchanges_once(server: AcrServer,
+                                                                            tmp_path: Path) -> None:
     credential = StaticCredential(server.aad_token)
     settings = RegistrySettings(endpoint=server.url)
     env = {"HOME": str(tmp_path)}
-    a = credentials_for(HOST, settings, env=env, azure_credential=credential)
-    b = credentials_for(HOST, settings, env=env, azure_credential=credential)
-    assert a.kind == "entra-id" and a.basic is None
-    assert a.source == "Entra ID (StaticCredential)"
-    assert a.refresh_token() == b.refresh_token() == server.issued[0]
-    assert server.count("/oauth2/exchange") == 1
-    # auth: azure on a host that is not *.azurecr.io (a custom domain in front of ACR); with no
-    # challenge to name the service, the service is the host
-    server.challenge = False
+    creds = credentials_for(HOST, settings, env=env, entra_id=lambda: EntraIdTokenProvider(credential))
+    assert creds.kind == "entra-id" and creds.basic is None
+    assert creds.source == "Entra ID (StaticCredential)"
+    client = RegistryClient(HOST, settings, credentials=creds)
+    client.ping()
+    for n in range(5):
+        client.auth.authorization((f"repository:r{n}:pull",))
+    assert server.count("/oauth2/exchange") == 1 and server.count("/oauth2/token") == 5
+    client.close()
+    # auth: azure on a host that is not *.azurecr.io (a custom domain in front of ACR)
     custom = credentials_for("registry.contoso.com", RegistrySettings(endpoint=server.url, auth="azure"),
-                             env=env, azure_credential=credential)
-    custom.refresh_token()
-    assert server.find("/oauth2/exchange")[-1]["form"]["service"] == "registry.contoso.com"
+                             env=env, entra_id=lambda: EntraIdTokenProvider(credential))
+    assert custom.kind == "entra-id"
 
 
 def test_exchange_over_tls_with_the_configured_ca(tls_server: AcrServer, tls_files: tuple[Path, Path, Path]) -> None:
     credential = StaticCredential(tls_server.aad_token)
-    ok = AcrRefreshTokenSource(HOST, RegistrySettings(endpoint=tls_server.url, ca_file=str(tls_files[0])),
-                               credential=credential)
-    assert ok.refresh_token() == tls_server.issued[0]
-    untrusted = AcrRefreshTokenSource(HOST, RegistrySettings(endpoint=tls_server.url), credential=credential)
+    realm = realm_of(tls_server)
+    ok = exchange_for(tls_server, RegistrySettings(endpoint=tls_server.url, ca_file=str(tls_files[0])), credential)
+    assert ok.refresh_token(tls_server.url, realm, HOST) == tls_server.issued[0]
+    untrusted = exchange_for(tls_server, RegistrySettings(endpoint=tls_server.url), credential)
     with pytest.raises(AcrExchangeError, match=r"at https://127\.0\.0\.1:\d+/oauth2/exchange: .*CERTIFICATE_VERIFY_FAILED"):
-        untrusted.refresh_token()
-    insecure = AcrRefreshTokenSource(HOST, RegistrySettings(endpoint=tls_server.hostport, insecure=True),
-                                     credential=credential)
-    assert insecure.refresh_token() == tls_server.issued[1]
+        untrusted.refresh_token(tls_server.url, realm, HOST)
+    insecure = exchange_for(tls_server, RegistrySettings(endpoint=tls_server.hostport, insecure=True), credential)
+    assert insecure.refresh_token(tls_server.url, realm, HOST) == tls_server.issued[1]
 
 
 def test_insecure_schemeless_endpoint_falls_back_to_plain_http(server: AcrServer) -> None:
-    source = AcrRefreshTokenSource(HOST, RegistrySettings(endpoint=server.hostport, insecure=True),
-                                   credential=StaticCredential(server.aad_token), timeout=5)
-    started = time.monotonic()
-    assert source.refresh_token() == server.issued[0]
-    assert time.monotonic() - started < 3
+    client = entra_client(server, RegistrySettings(endpoint=server.hostport, insecure=True))
+    client.ping()
+    assert client.base_url == f"http://{server.hostport}"
+    assert client.auth.authorization(("repository:a:pull",))
+    assert client.auth.acr is not None and client.auth.acr.exchange_url == f"{server.url}/oauth2/exchange"
+    client.close()
 
 
 def test_exchange_refused_is_a_clear_error_without_tokens(server: AcrServer) -> None:
     server.exchange_status = 401
     server.exchange_body = {"errors": [{"code": "UNAUTHORIZED",
                                         "message": f"token {server.aad_token} is not valid for this registry"}]}
-    source = AcrRefreshTokenSource(HOST, RegistrySettings(endpoint=server.url),
-                                   credential=StaticCredential(server.aad_token))
     with pytest.raises(AcrExchangeError) as info:
-        source.refresh_token()
+        exchange_for(server).refresh_token(server.url, realm_of(server), HOST)
     message = str(info.value)
     assert message.startswith(f"exchanging Entra ID token for an ACR refresh token at {server.url}/oauth2/exchange: "
                               "HTTP 401 Unauthorized: UNAUTHORIZED: token *** is not valid")
@@ -492,20 +500,20 @@ def test_exchange_unreachable_and_bad_answers(server: AcrServer) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
-    source = AcrRefreshTokenSource(HOST, RegistrySettings(endpoint=f"http://127.0.0.1:{dead}"), credential=credential)
+    base = f"http://127.0.0.1:{dead}"
+    gone = exchange_for(server, RegistrySettings(endpoint=base), credential)
     with pytest.raises(AcrExchangeError, match=rf"at http://127\.0\.0\.1:{dead}/oauth2/exchange: .*refused"):
-        source.refresh_token()
+        gone.refresh_token(base, f"{base}/oauth2/token", HOST)
     server.exchange_body = {"token": "wrong-field"}
-    source = AcrRefreshTokenSource(HOST, RegistrySettings(endpoint=server.url), credential=credential)
     with pytest.raises(AcrExchangeError, match="the answer has no refresh_token"):
-        source.refresh_token()
+        exchange_for(server, credential=credential).refresh_token(server.url, realm_of(server), HOST)
 
 
-def test_entra_id_failure_names_the_credential() -> None:
-    source = AcrRefreshTokenSource(HOST, credential=FailingCredential())
-    with pytest.raises(AcrExchangeError, match=rf"getting an Entra ID token for {AAD_SCOPE} with FailingCredential "
-                                               rf"for {HOST}: no Entra ID sign-in available"):
-        source.refresh_token()
+def test_entra_id_failure_names_the_credential(server: AcrServer) -> None:
+    exchange = exchange_for(server, credential=FailingCredential())
+    with pytest.raises(CredentialError, match=rf"getting an Entra ID token for {ACR_SCOPE} with FailingCredential: "
+                                              rf"no Entra ID sign-in available"):
+        exchange.refresh_token(server.url, realm_of(server), HOST)
 
 
 def test_default_azure_credential_via_managed_identity(server: AcrServer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -520,14 +528,17 @@ def test_default_azure_credential_via_managed_identity(server: AcrServer, monkey
     monkeypatch.setenv("IDENTITY_ENDPOINT", f"{server.url}/msi/token")
     monkeypatch.setenv("IDENTITY_HEADER", server.msi_header)
     credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
-    creds = credentials_for(HOST, RegistrySettings(endpoint=server.url), env={}, azure_credential=credential)
-    assert creds.source == "Entra ID (DefaultAzureCredential)"
-    for _ in range(20):
-        assert creds.refresh_token() == server.issued[0]
+    client = entra_client(server, credential=credential)
+    assert client.auth.credentials.entra_id is not None
+    assert client.auth.credentials.entra_id.name == "DefaultAzureCredential"
+    client.ping()
+    for n in range(20):
+        assert client.auth.authorization((f"repository:r{n}:pull",))
     (msi,) = server.find("/msi/token")
     assert msi["query"]["resource"] == ["https://containerregistry.azure.net"]
     assert server.count("/oauth2/exchange") == 1
     assert server.find("/oauth2/exchange")[0]["form"]["access_token"] == server.aad_token
+    client.close()
 
 
 # -- the lock ------------------------------------------------------------------------------------
@@ -537,7 +548,7 @@ def test_lock_by_digest_patches_manifest_properties(tls_server: AcrServer, tls_f
     settings = RegistrySettings(endpoint=tls_server.url, ca_file=str(tls_files[0]))
     credential = StaticCredential(tls_server.aad_token)
     result = lock_image(HOST, "library/nginx", DIGEST, credential, settings=settings)
-    assert credential.scopes == [(AAD_SCOPE,)]
+    assert credential.scopes == [(ACR_SCOPE,)]
     assert (result.repository, result.digest, result.can_write, result.can_delete) == \
         ("library/nginx", DIGEST, False, False)
     patches = tls_server.find(f"/acr/v1/library/nginx/_manifests/{DIGEST}", "PATCH")
@@ -592,19 +603,19 @@ def test_tokens_never_in_repr_errors_or_logs(server: AcrServer, tls_server: AcrS
     server.aad_token = tls_server.aad_token = planted_aad
     credential = StaticCredential(planted_aad)
     texts: list[str] = []
-    creds = credentials_for(HOST, RegistrySettings(endpoint=server.url), env={}, azure_credential=credential)
-    refresh = creds.refresh_token()
-    assert refresh
-    texts += [repr(creds), str(creds), repr(acr.shared_refresh_token_source(
-        HOST, RegistrySettings(endpoint=server.url), credential=credential))]
+    client = entra_client(server, credential=credential)
+    client.ping()
+    assert client.auth.authorization(("repository:a:pull",))
+    refresh = server.issued[0]
+    texts += [repr(client.auth.credentials), str(client.auth.credentials), repr(client.auth.acr)]
     lock_image(HOST, "library/nginx", DIGEST, credential,
                settings=RegistrySettings(endpoint=tls_server.url, ca_file=str(tls_files[0])))
     # failures whose server answers echo the token
     server.exchange_status = 400
     server.exchange_body = {"error": "invalid_request", "error_description": f"bad access_token {planted_aad}"}
-    fresh = AcrRefreshTokenSource(HOST, RegistrySettings(endpoint=server.url), credential=credential)
+    fresh = exchange_for(server, credential=credential)
     with pytest.raises(AcrExchangeError) as info:
-        fresh.refresh_token()
+        fresh.refresh_token(server.url, realm_of(server), HOST)
     texts += [str(info.value), repr(info.value), repr(fresh)]
     texts.append(caplog.text)
     assert "exchanged an Entra ID token" in caplog.text
@@ -612,7 +623,7 @@ def test_tokens_never_in_repr_errors_or_logs(server: AcrServer, tls_server: AcrS
     for text in texts:
         for secret in secrets:
             assert secret not in text, text
-
+    client.close()
 
 
 # -- end to end: a real token-auth registry behind the shared ACR-shaped token server -------------
@@ -621,29 +632,20 @@ def test_tokens_never_in_repr_errors_or_logs(server: AcrServer, tls_server: AcrS
 @pytest.mark.registry
 def test_exchanged_token_opens_a_real_registry(acr_registry: Any, tmp_path: Path) -> None:
     """``acr_registry`` (tests/support/registries.py): CNCF distribution with token auth, its realm
-    an ACR-shaped token server on another loopback port. The refresh token this module exchanges
+    an ACR-shaped token server on another loopback port. The refresh token the client exchanges
     must buy a registry token that the real registry accepts."""
-    import httpx
-
     registry = acr_registry
     credential = StaticCredential(registry.aad_token)
     settings = RegistrySettings(endpoint=registry.url, insecure=True, auth="azure")
-    creds = credentials_for(registry.host, settings, env={"HOME": str(tmp_path)}, azure_credential=credential)
-    tokens = {creds.refresh_token() for _ in range(25)}
-    assert len(tokens) == 1 and registry.acr.requests["/oauth2/exchange"] == 1
-    refresh = tokens.pop()
-    with httpx.Client(timeout=10) as client:
-        challenge = client.get(f"{registry.url}/v2/")
-        assert challenge.status_code == 401
-        realm = acr.bearer_challenge(challenge.headers["WWW-Authenticate"])
-        assert realm is not None
-        answer = client.post(realm["realm"], data={
-            "grant_type": "refresh_token", "service": realm["service"], "refresh_token": refresh,
-            "scope": "repository:e2e/app:pull,push"})
-        assert answer.status_code == 200, answer.text
-        access = answer.json()["access_token"]
-        assert client.get(f"{registry.url}/v2/", headers={"Authorization": f"Bearer {access}"}).status_code == 200
-        tags = client.get(f"{registry.url}/v2/e2e/app/tags/list", headers={"Authorization": f"Bearer {access}"})
-        assert tags.status_code == 404 and tags.json()["errors"][0]["code"] == "NAME_UNKNOWN"  # authorized, empty
+    creds = credentials_for(registry.host, settings, env={"HOME": str(tmp_path)},
+                            entra_id=lambda: EntraIdTokenProvider(credential))
+    client = RegistryClient(registry.host, settings, credentials=creds)
+    repo = client.repo("e2e/app", push=True)
+    for _ in range(5):
+        with pytest.raises(RegistryError) as absent:  # authorized, and empty
+            repo.tags()
+        assert absent.value.status == 404 and "NAME_UNKNOWN" in absent.value.codes
+    assert registry.acr.requests["/oauth2/exchange"] == 1
     (exchange,) = [e for e in registry.acr.log if e.path == "/oauth2/exchange"]
     assert exchange.status == 200 and (exchange.subject or "").startswith("aad:")
+    client.close()

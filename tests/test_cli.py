@@ -160,24 +160,29 @@ def test_policy_lint_command(tree):
     assert weak.exit_code == 0 and "any *.azurecr.io" in weak.stderr and "not anchored" in weak.stderr
 
 
-@pytest.mark.slow  # pre-commit builds a fresh virtualenv with every dependency (about a minute)
+@pytest.mark.slow  # pre-commit builds a fresh virtualenv for the hook (about half a minute)
 @pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
-def test_pre_commit_try_repo(tmp_path):
-    """The real pre-commit framework runs the hook from this repository."""
+def test_pre_commit_hook_from_a_pinned_revision(tmp_path):
+    """The real pre-commit framework installs and runs the hook as the README's snippet does: this
+    repository pinned at a commit. Its environment holds the offline core and nothing heavier."""
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "deploy.yaml").write_text(DEPLOYMENT)
     (repo / "acr-mirror.yaml").write_text(CONFIG)
     env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "cache"), "GIT_AUTHOR_NAME": "t",
            "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-    # try-repo clones the hook repository: give it a snapshot of the working tree as a commit
+    # a snapshot of the working tree as a commit, to pin
     source = tmp_path / "hook-source"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", ".demo", ".bench", "*cache*", "*.egg-info"))
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "snapshot"]):
         subprocess.run(["git", *args], cwd=source, check=True, env=env)
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, check=True, env=env, capture_output=True,
+                         text=True).stdout.strip()
+    (repo / ".pre-commit-config.yaml").write_text(
+        f"repos:\n  - repo: {source.as_uri()}\n    rev: {rev}\n    hooks:\n      - id: manifests-rewriter\n")
     for args in (["init", "-q"], ["add", "-A"]):
         subprocess.run(["git", *args], cwd=repo, check=True, env=env)
-    pre_commit = [sys.executable, "-m", "pre_commit", "try-repo", str(source), "manifests-rewriter", "--all-files"]
+    pre_commit = [sys.executable, "-m", "pre_commit", "run", "--all-files"]
     first = subprocess.run(pre_commit, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 1, first.stdout + first.stderr  # it modified files
     assert "files were modified by this hook" in first.stdout
@@ -185,6 +190,14 @@ def test_pre_commit_try_repo(tmp_path):
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True, env=env)
     second = subprocess.run(pre_commit, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
+    # the hook's environment: the offline core and its three libraries, nothing of acr-mirror's side
+    (site,) = (tmp_path / "cache").glob("repo*/py_env-*/lib/python*/site-packages")
+    installed = {p.name.split("-")[0].lower() for p in site.glob("*.dist-info")}
+    assert {"manifests_rewriter", "pyyaml", "google_re2", "click"} <= installed
+    assert not installed & {"httpx", "kubernetes", "azure_identity", "azure_core", "docker", "rich", "tenacity"}
+    env_dir = site.parents[2]
+    size = sum(f.stat().st_size for f in env_dir.rglob("*") if f.is_file() and not f.is_symlink())
+    print(f"\npre-commit hook environment: {size / 2**20:.1f} MiB, distributions: {', '.join(sorted(installed))}")
 
 
 def _git(repo, *args, env=None):

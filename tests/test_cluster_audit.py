@@ -6,7 +6,7 @@ from typing import Any
 
 from manifests_rewriter.policy import Policy
 from mirror.cluster.audit import audit_cluster, parse_denial
-from mirror.cluster.scan import connect
+from mirror.cluster.kube import connect
 from tests.support.kubeapi import (
     APIError,
     KubeAPI,

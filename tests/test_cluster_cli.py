@@ -59,7 +59,8 @@ def test_audit_and_unreachable_cluster(served: Any) -> None:
     assert result.exit_code == 0 and json.loads(result.stdout) == []
     result = CliRunner().invoke(main, ["scan", "--cluster", "--kubeconfig", str(kubeconfig), "--context",
                                        "unreachable", "--config", str(tmp / "config.yaml")])
-    assert result.exit_code == 2 and "cannot reach" in result.output and "Traceback" not in result.output
+    # an unreachable cluster fails the run (1), it is not a usage error (2)
+    assert result.exit_code == 1 and "cannot reach" in result.output and "Traceback" not in result.output
 
 
 def _deployment(name: str, image: str, labels: dict[str, str] | None = None) -> dict[str, Any]:

@@ -10,8 +10,9 @@ from manifests_rewriter.model import Mapping
 from manifests_rewriter.naming import target_for
 from manifests_rewriter.policy import Policy
 from manifests_rewriter.reference import ImageRef, parse
+from mirror.cluster.kube import connect
 from mirror.cluster.patch import apply_patches, changed_paths, gitops_manager, plan_patches
-from mirror.cluster.scan import connect, scan_cluster
+from mirror.cluster.scan import scan_cluster
 from tests.support.kubeapi import (
     KubeAPI,
     container,

@@ -10,6 +10,7 @@ import pytest
 from manifests_rewriter.config import parse_config
 from manifests_rewriter.naming import target_for
 from manifests_rewriter.policy import Policy, PolicyError
+from mirror.cluster.kube import connect
 from mirror.cluster.policy_source import (
     DEFINITION_EXCLUDED_NAMESPACES,
     PolicySourceError,
@@ -18,7 +19,7 @@ from mirror.cluster.policy_source import (
     policy_from_cluster,
     policy_from_constraints,
 )
-from mirror.cluster.scan import connect, scan_cluster
+from mirror.cluster.scan import scan_cluster
 from tests.support.kubeapi import RESOURCES, KubeAPI, constraint, make_cluster
 
 REGEX = r"^crazureblue\.azurecr\.io/.+$"

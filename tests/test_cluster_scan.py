@@ -7,11 +7,13 @@ from typing import Any
 
 import pytest
 
+from manifests_rewriter.errors import UsageError
 from manifests_rewriter.naming import target_for
 from manifests_rewriter.policy import Policy
 from manifests_rewriter.reference import parse
 from mirror.cluster import ClusterError
-from mirror.cluster.scan import connect, running_digest, scan_cluster
+from mirror.cluster.kube import connect
+from mirror.cluster.scan import running_digest, scan_cluster
 from tests.support.kubeapi import (
     APIError,
     KubeAPI,
@@ -291,7 +293,7 @@ def test_connect_context_token_and_errors(tmp_path: Any) -> None:
         api.token = "rotated"
         with pytest.raises(ClusterError, match="401"):
             scan_cluster(connect(str(path)), POLICY)
-    with pytest.raises(ClusterError, match="not found"):
+    with pytest.raises(UsageError, match="--kubeconfig .* file not found"):  # a bad option: exit 2
         connect(str(tmp_path / "missing"))
 
 

@@ -1,10 +1,17 @@
-"""Config parsing is strict: unknown keys, wrong types and bad regexes name the key."""
+"""Config parsing is strict: unknown keys, wrong types and bad regexes name the key. The core
+owns target/policy/scan; acr-mirror's sections (mirror.settings) are parsed by their owner."""
 
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from manifests_rewriter.config import ConfigError, load_config, parse_config
+from manifests_rewriter import config as core
+from manifests_rewriter.config import ConfigError, find_config
+from mirror.settings import SECTIONS, settings_of
+
+load_config = partial(core.load_config, sections=SECTIONS)
+parse_config = partial(core.parse_config, sections=SECTIONS)
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"target": {"registry": "crazureblue.azurecr.io"}, "policy": {"imageRegex": r"^crazureblue\.azurecr\.io/"}}
@@ -15,11 +22,31 @@ def test_example_config_loads_every_key():
     assert config.target_registry == "crazureblue.azurecr.io"
     assert config.policy is not None and config.policy.excluded_namespaces == ("kube-system", "gatekeeper-system",
                                                                                  "azure-arc")
-    assert config.registry("127.0.0.1:5000").insecure is True
-    assert config.registry("docker.io").endpoint == "https://mirror.example.com"
-    assert config.registry("crazureblue.azurecr.io").auth == "azure"
-    assert config.copy.platforms is None and config.copy.concurrency == 8
+    settings = settings_of(config)
+    assert settings.registry("127.0.0.1:5000").insecure is True
+    assert settings.registry("docker.io").endpoint == "https://mirror.example.com"
+    assert settings.registry("crazureblue.azurecr.io").auth == "azure"
+    assert settings.copy.platforms is None and settings.copy.concurrency == 8
     assert config.warnings == ()  # the example keeps no plain-text password
+
+
+def test_the_hook_leaves_acr_mirror_sections_alone_and_refuses_anything_else():
+    """One acr-mirror.yaml serves both programs: the hook (no section parsers) ignores exactly
+    acr-mirror's sections; any other unknown key, a typo above all, is an error."""
+    hook = core.load_config(ROOT / "config.example.yaml", others="ignore")
+    assert hook.target_registry == "crazureblue.azurecr.io" and hook.sections == {}
+    with pytest.raises(ConfigError, match="did you mean 'policy'"):
+        core.parse_config({**BASE, "polcy": {}}, "c.yaml", others="ignore")
+    with pytest.raises(ConfigError, match="unknown key 'extra'"):
+        core.parse_config({**BASE, "extra": {}}, "c.yaml", others="ignore")
+    with pytest.raises(ConfigError, match="unknown key 'registries'"):
+        core.parse_config({**BASE, "registries": {}}, "c.yaml")  # strict when nobody owns it
+    assert set(SECTIONS) <= set(core.MIRROR_SECTIONS)  # the two lists agree
+    # installed, acr-mirror registers its parsers for the hook: a typo inside copy: is caught too
+    assert core.installed_sections() == SECTIONS
+    with pytest.raises(ConfigError, match="copy.concurency: unknown key"):
+        core.parse_config({**BASE, "copy": {"concurency": 4}}, "c.yaml", sections=core.installed_sections(),
+                          others="ignore")
 
 
 @pytest.mark.parametrize(("data", "message"), [
@@ -59,7 +86,7 @@ def test_plain_text_password_is_warned_and_never_shown():
 def test_password_env(monkeypatch):
     monkeypatch.setenv("MY_PW", "s3cret")
     config = parse_config({**BASE, "registries": {"r.io": {"username": "u", "password_env": "MY_PW"}}})
-    assert config.registry("r.io").resolved_password() == "s3cret"
+    assert settings_of(config).registry("r.io").resolved_password() == "s3cret"
 
 
 def test_policy_optional_with_cluster_policy():
@@ -80,3 +107,15 @@ def test_yaml_errors_name_the_line(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_config_lookup_flag_then_local_file_then_environment(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    env = {"ACR_MIRROR_CONFIG": "/etc/acr-mirror.yaml"}
+    assert find_config("given.yaml", env) == "given.yaml"
+    assert find_config(None, env) == "/etc/acr-mirror.yaml"
+    (tmp_path / "acr-mirror.yaml").write_text("target: {registry: x.io}\n")
+    assert find_config(None, env) == "acr-mirror.yaml"
+    (tmp_path / "acr-mirror.yaml").unlink()
+    with pytest.raises(ConfigError, match="give --config FILE, create ./acr-mirror.yaml or set ACR_MIRROR_CONFIG"):
+        find_config(None, {})

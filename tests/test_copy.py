@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 
-from manifests_rewriter.config import Config, CopySettings, RegistrySettings
 from manifests_rewriter.model import Mapping
 from manifests_rewriter.reference import parse
-from mirror.copy import CopyEngine, CopyResult
-from mirror.registry.credentials import BasicCredential, Credentials
+from mirror.engines.base import CopyResult
+from mirror.engines.registry import RegistryEngine as CopyEngine
+from mirror.registry.credentials import BasicCredential, Credentials, fixed_keychain
 from mirror.registry.media import digest_tag
+from mirror.settings import CopySettings, MirrorSettings, RegistrySettings
 from tests.support.images import build_image, inspect_raw, push, seed_standard_set
 from tests.support.registries import Registry
 from tests.test_registry_client import Proxy, Reply
@@ -24,9 +25,9 @@ from tests.test_registry_client import Proxy, Reply
 pytestmark = pytest.mark.registry
 
 
-def config(target: Registry, *registries: Registry, insecure: bool = True, **copy: Any) -> Config:
+def config(target: Registry, *registries: Registry, insecure: bool = True, **copy: Any) -> MirrorSettings:
     hosts = {r.host: RegistrySettings(insecure=insecure) for r in (target, *registries)}
-    return Config(target_registry=target.host, registries=hosts, copy=CopySettings(**copy))
+    return MirrorSettings(registries=hosts, copy=CopySettings(**copy))
 
 
 def mapping(source: Registry, ref: str, target: Registry, prefix: str = "mirror/") -> Mapping:
@@ -120,8 +121,9 @@ def test_present_costs_one_head(source_registry, target_registry, seeded):
     with CopyEngine(cfg) as engine:
         result = engine.copy(m)
         assert result.status == "present" and result.bytes_moved == 0
-        assert dict(engine.client(target_registry.host).requests) == {"HEAD": 1}
-        assert dict(engine.client(source_registry.host).requests) == {"HEAD": 1}
+        # besides each registry's ping (GET /v2/, once per client and run): one HEAD each
+        assert dict(engine.client(target_registry.host).requests) == {"GET": 1, "HEAD": 1}
+        assert dict(engine.client(source_registry.host).requests) == {"GET": 1, "HEAD": 1}
         assert engine.status(m).status == "present"
     with CopyEngine(cfg) as engine:
         other = mapping(source_registry, "team/api:1.1", target_registry, prefix="elsewhere/")
@@ -168,18 +170,18 @@ def test_authenticated_and_tls_registries(basic_registry, token_registry, tls_re
     image = build_image(tmp_path, layers=[20_000, 30_000], seed="auth")
     push(image, basic_registry, "sec/app", "1")
     creds = {
-        basic_registry.host: Credentials(BasicCredential(basic_registry.username, basic_registry.password), "t"),
-        token_registry.host: Credentials(BasicCredential(token_registry.username, token_registry.password), "t"),
+        basic_registry.host: Credentials("t", BasicCredential(basic_registry.username, basic_registry.password)),
+        token_registry.host: Credentials("t", BasicCredential(token_registry.username, token_registry.password)),
     }
     registries = {
         basic_registry.host: RegistrySettings(insecure=True),
         token_registry.host: RegistrySettings(insecure=True),
         tls_registry.host: RegistrySettings(ca_file=str(tls_registry.ca_file)),
     }
-    cfg = Config(target_registry=token_registry.host, registries=registries)
+    cfg = MirrorSettings(registries=registries)
     to_token = mapping(basic_registry, "sec/app:1", token_registry)
     to_tls = Mapping(parse(token_registry.ref("mirror/sec/app:1")), parse(tls_registry.ref("tls/sec/app:1")))
-    with CopyEngine(cfg, credentials=lambda host: creds.get(host)) as engine:
+    with CopyEngine(cfg, keychain=fixed_keychain(creds.get)) as engine:
         assert engine.copy(to_token).status == "copied"
         result = engine.copy(to_tls)
         assert result.status == "copied", result.error
@@ -187,15 +189,14 @@ def test_authenticated_and_tls_registries(basic_registry, token_registry, tls_re
     assert same_bytes(to_token, basic_registry, token_registry)
     assert inspect_raw("tls/sec/app:1", tls_registry) == image.manifest
     # Without the CA the TLS registry is refused, and the error says what to configure.
-    untrusted = Config(target_registry=tls_registry.host, registries={**registries, tls_registry.host: RegistrySettings()})
-    with CopyEngine(untrusted, credentials=lambda host: creds.get(host)) as engine:
+    untrusted = MirrorSettings(registries={**registries, tls_registry.host: RegistrySettings()})
+    with CopyEngine(untrusted, keychain=fixed_keychain(creds.get)) as engine:
         failed = engine.copy(Mapping(to_tls.source, parse(tls_registry.ref("tls/other:1"))))
     assert failed.status == "failed" and "ca_file" in (failed.error or "")
 
 
 def test_insecure_applies_to_the_named_host_only(source_registry, target_registry, seeded):
-    cfg = Config(target_registry=target_registry.host,
-                 registries={source_registry.host: RegistrySettings(insecure=True)}, copy=CopySettings(retries=0))
+    cfg = MirrorSettings(registries={source_registry.host: RegistrySettings(insecure=True)}, copy=CopySettings(retries=0))
     with CopyEngine(cfg) as engine:
         result = engine.copy(mapping(source_registry, "library/redis:7.2", target_registry))
     assert result.status == "failed" and target_registry.host in (result.error or "")
@@ -207,7 +208,7 @@ def test_endpoint_redirection_keeps_image_names(source_registry, target_registry
         "registry.example.test": RegistrySettings(endpoint=source_registry.url),
         "mirror.example.test": RegistrySettings(endpoint=target_registry.url),
     }
-    cfg = Config(target_registry="mirror.example.test", registries=registries)
+    cfg = MirrorSettings(registries=registries)
     m = Mapping(parse("registry.example.test/library/busybox:1.36"), parse("mirror.example.test/hub/busybox:1.36"))
     with CopyEngine(cfg) as engine:
         result = engine.copy(m)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from manifests_rewriter.config import RegistrySettings
 from mirror.registry.credentials import (
     BasicCredential,
     CredentialError,
@@ -26,6 +25,7 @@ from mirror.registry.credentials import (
     env_prefix,
     run_credential_helper,
 )
+from mirror.settings import RegistrySettings
 
 # A Python helper that serves a JSON store next to it and logs every call.
 STORE_HELPER = """#!{python}
@@ -117,7 +117,7 @@ def test_config_wins_over_env_and_docker_config(lab: Lab) -> None:
     creds = lab.resolve("reg.example.com", RegistrySettings(username="cfguser", password="cfgpw"))
     assert creds.source == "config"
     assert creds.basic == BasicCredential("cfguser", "cfgpw")
-    assert creds.refresh_token() is None
+    assert creds.identity_token is None
     assert creds.kind == "basic"
 
 
@@ -155,7 +155,7 @@ def test_half_an_env_pair_is_an_error(lab: Lab) -> None:
 
 def test_nothing_anywhere_is_anonymous(lab: Lab) -> None:
     creds = lab.resolve("reg.example.com")
-    assert creds.anonymous and creds.basic is None and creds.refresh_token() is None
+    assert creds.anonymous and creds.basic is None and creds.identity_token is None
     assert creds.source == "anonymous"
 
 
@@ -168,7 +168,7 @@ def test_azurecr_host_without_other_credentials_uses_entra_id(lab: Lab) -> None:
     lab.docker_config({"auths": {"crazureblue.azurecr.io": {
         "auth": b64("00000000-0000-0000-0000-000000000000:"), "identitytoken": "acr-refresh-token"}}})
     creds = lab.resolve("crazureblue.azurecr.io")
-    assert creds.kind == "identity-token" and creds.refresh_token() == "acr-refresh-token"
+    assert creds.kind == "identity-token" and creds.identity_token == "acr-refresh-token"
     assert creds.basic is None
 
 
@@ -228,7 +228,7 @@ def test_auths_variants(lab: Lab) -> None:
     assert a.basic == BasicCredential("a", "pw:with:colons") and a.source == "docker config (auths)"
     assert lab.resolve("b.example.com").basic == BasicCredential("legacy", "old")
     c = lab.resolve("c.example.com")
-    assert c.kind == "identity-token" and c.refresh_token() == "c-identity"
+    assert c.kind == "identity-token" and c.identity_token == "c-identity"
     assert c.basic == BasicCredential("c", "cpw")
     assert lab.resolve("d.example.com").anonymous
     assert lab.resolve("e.example.com:5000").basic == BasicCredential("e", "epw")
@@ -295,7 +295,7 @@ def test_shell_helper_and_identity_token(lab: Lab) -> None:
     lab.docker_config({"credHelpers": {"reg.example.com": "sh", "acr.example.com": "tok", "none.example.com": "sh"}})
     assert lab.resolve("reg.example.com").basic == BasicCredential("shuser", "shpw")
     acr = lab.resolve("acr.example.com")
-    assert acr.kind == "identity-token" and acr.basic is None and acr.refresh_token() == "identity-xyz"
+    assert acr.kind == "identity-token" and acr.basic is None and acr.identity_token == "identity-xyz"
     assert lab.resolve("none.example.com").anonymous
 
 
@@ -369,7 +369,7 @@ def test_secrets_never_in_repr_errors_or_logs(lab: Lab, caplog: pytest.LogCaptur
         lab.resolve("token.example.com"),
         lab.resolve("store.example.com"),
     ]
-    assert [c.basic.password if c.basic else c.refresh_token() for c in found] == [
+    assert [c.basic.password if c.basic else c.identity_token for c in found] == [
         SECRETS[0], SECRETS[1], SECRETS[1], SECRETS[2], SECRETS[3], SECRETS[4], SECRETS[5]]
     texts = []
     for creds in found:

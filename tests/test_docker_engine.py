@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from manifests_rewriter.config import Config, CopySettings, DockerSettings, RegistrySettings
 from manifests_rewriter.model import Mapping
 from manifests_rewriter.reference import parse
-from mirror.copy import CopyResult
-from mirror.docker_engine import DaemonInfo, DockerEngine, DockerEngineError, client_kwargs
-from mirror.registry.credentials import BasicCredential, Credentials
+from mirror.engines.base import CopyResult
+from mirror.engines.docker import DaemonInfo, DockerEngine, DockerEngineError, client_kwargs
+from mirror.registry.credentials import BasicCredential, Credentials, fixed_keychain
 from mirror.registry.media import digest_tag
+from mirror.settings import CopySettings, DockerSettings, MirrorSettings, RegistrySettings
 from tests.support.images import OciImage, build_image, build_index, inspect_raw, push, skopeo
 from tests.support.registries import Registry
 
@@ -79,17 +79,16 @@ class Recorder:
         return [info for name, info in self.events if name == event]
 
 
-def make_config(daemon: Daemon, regs: EngineRegistries, **copy: Any) -> Config:
+def make_config(daemon: Daemon, regs: EngineRegistries, **copy: Any) -> MirrorSettings:
     hosts = {r.host: RegistrySettings(insecure=True) for r in regs.all}
-    return Config(target_registry=regs.target.host, registries=hosts, copy=CopySettings(**copy),
-                  docker=DockerSettings(host=daemon.base_url))
+    return MirrorSettings(registries=hosts, copy=CopySettings(**copy), docker=DockerSettings(host=daemon.base_url))
 
 
-def engine_for(daemon: Daemon, regs: EngineRegistries, *, config: Config | None = None,
+def engine_for(daemon: Daemon, regs: EngineRegistries, *, config: MirrorSettings | None = None,
                credentials: Callable[[str], Any] | None = None) -> tuple[DockerEngine, Recorder]:
     recorder = Recorder()
     engine = DockerEngine(config or make_config(daemon, regs), progress=recorder,
-                          credentials=credentials or (lambda host: ANONYMOUS))
+                          keychain=fixed_keychain(credentials or (lambda host: ANONYMOUS)))
     return engine, recorder
 
 
@@ -232,7 +231,7 @@ def test_credentials_are_passed_per_call(daemon: Daemon, engine_registries: Engi
     assert basic.username and basic.password
     hosts = {r.host: RegistrySettings(insecure=True) for r in regs.all}
     hosts[basic.host] = RegistrySettings(insecure=True, username=basic.username, password=basic.password)
-    config = Config(target_registry=basic.host, registries=hosts, docker=DockerSettings(host=daemon.base_url))
+    config = MirrorSettings(registries=hosts, docker=DockerSettings(host=daemon.base_url))
 
     from_config = mapping(regs.source, SINGLE, basic, f"{daemon.kind}-config")
     with DockerEngine(config) as engine:  # default credential lookup: registries.<host>.username/password
@@ -240,7 +239,7 @@ def test_credentials_are_passed_per_call(daemon: Daemon, engine_registries: Engi
         assert result.status == "copied", result.error
         assert engine.verify(from_config)
 
-    given = Credentials(BasicCredential(basic.username, basic.password), "test")
+    given = Credentials("test", BasicCredential(basic.username, basic.password))
     from_callable = mapping(regs.source, INDEX, basic, f"{daemon.kind}-callable")
     engine, _ = engine_for(daemon, regs, config=make_config(daemon, regs),
                            credentials=lambda host: given if host == basic.host else ANONYMOUS)
@@ -260,7 +259,7 @@ def test_acr_refresh_token_as_identity_token(daemon: Daemon, engine_registries: 
     acr = regs.acr.acr
     assert acr is not None
     token = acr.issue_refresh("aad:docker-engine-test", regs.acr.host)
-    creds = Credentials(None, "test", refresh_token=token)
+    creds = Credentials("test", identity_token=token)
     m = mapping(regs.source, SINGLE, regs.acr, f"{daemon.kind}-acr")
     engine, _ = engine_for(daemon, regs, credentials=lambda host: creds if host == regs.acr.host else ANONYMOUS)
     seen = len(acr.log)
@@ -307,8 +306,8 @@ def test_digest_pinned_source(daemon: Daemon, engine_registries: EngineRegistrie
         assert target_config_digest(regs.target, f"{daemon.kind}-pinned/team/app:{tag}") == config_of(source)
         assert not engine.verify(m, result.digest)  # the pinned digest is not in the target
     allowed = make_config(daemon, regs)
-    allowed = Config(allowed.target_registry, registries=allowed.registries,
-                     docker=DockerSettings(host=daemon.base_url, allow_digest_change=True))
+    allowed = MirrorSettings(registries=allowed.registries,
+                             docker=DockerSettings(host=daemon.base_url, allow_digest_change=True))
     engine, _ = engine_for(daemon, regs, config=allowed)
     with engine:
         assert engine.verify(m, source.manifest_digest)  # the same image, rewritten by tag
@@ -320,7 +319,7 @@ def test_endpoint_pulls_from_the_endpoint_host(daemon: Daemon, engine_registries
     regs = engine_registries
     config = make_config(daemon, regs)
     hosts = {**config.registries, "docker.io": RegistrySettings(endpoint=regs.source.url, insecure=True)}
-    config = Config(config.target_registry, registries=hosts, docker=config.docker)
+    config = MirrorSettings(registries=hosts, docker=config.docker)
     m = Mapping(parse("docker.io/team/app:1.0"), parse(regs.target.ref(f"{daemon.kind}-endpoint/team/app:1.0")))
     engine, _ = engine_for(daemon, regs, config=config)
     with engine:
@@ -370,8 +369,8 @@ def test_docker_host_over_tls(dockerd_engine: Daemon, engine_registries: EngineR
     hosts = {r.host: RegistrySettings(insecure=True) for r in regs.all}
     tls = DockerSettings(host=daemon.tls_url, tls_verify=True, cert_path=str(daemon.cert_dir))
     m = mapping(regs.source, SINGLE, regs.target, "dockerd-tls")
-    with DockerEngine(Config(regs.target.host, registries=hosts, docker=tls),
-                      credentials=lambda host: ANONYMOUS) as engine:
+    with DockerEngine(MirrorSettings(registries=hosts, docker=tls),
+                      keychain=fixed_keychain(lambda host: ANONYMOUS)) as engine:
         result = engine.copy(m)
         assert result.status == "copied", result.error
         assert engine.verify(m)
@@ -380,8 +379,8 @@ def test_docker_host_over_tls(dockerd_engine: Daemon, engine_registries: EngineR
     other = make_ca(tmp_path / "other")
     (tmp_path / "other" / "ca.pem").write_bytes(other.cert_file.read_bytes())
     wrong = DockerSettings(host=daemon.tls_url, tls_verify=True, cert_path=str(tmp_path / "other"))
-    with DockerEngine(Config(regs.target.host, registries=hosts, docker=wrong),
-                      credentials=lambda host: ANONYMOUS) as engine:
+    with DockerEngine(MirrorSettings(registries=hosts, docker=wrong),
+                      keychain=fixed_keychain(lambda host: ANONYMOUS)) as engine:
         refused = engine.copy(m)
     assert refused.status == "failed"
     assert (refused.error or "").startswith(f"connect to the Docker engine at {daemon.tls_url}")
@@ -393,9 +392,9 @@ def test_docker_host_over_tls(dockerd_engine: Daemon, engine_registries: EngineR
 
 def test_unreachable_daemon_fails_clearly(tmp_path: Path) -> None:
     sock = tmp_path / "nothing.sock"
-    config = Config("127.0.0.1:1", docker=DockerSettings(host=f"unix://{sock}"))
+    config = MirrorSettings(docker=DockerSettings(host=f"unix://{sock}"))
     m = Mapping(parse("127.0.0.1:1/team/app:1.0"), parse("127.0.0.1:2/team/app:1.0"))
-    with DockerEngine(config, credentials=lambda host: ANONYMOUS) as engine:
+    with DockerEngine(config, keychain=fixed_keychain(lambda host: ANONYMOUS)) as engine:
         result = engine.copy(m)
     assert result.status == "failed"
     assert (result.error or "").startswith(f"connect to the Docker engine at unix://{sock}")
@@ -403,11 +402,11 @@ def test_unreachable_daemon_fails_clearly(tmp_path: Path) -> None:
 
 def test_error_items_in_a_200_stream_fail_the_step() -> None:
     """The stream reader raises on the first error item, with the daemon's message."""
-    from mirror.docker_engine import _Plan
+    from mirror.engines.docker import _Plan
 
     m = Mapping(parse("127.0.0.1:1/a:1"), parse("127.0.0.1:2/a:1"))
     plan = _Plan(m, "127.0.0.1:1/a", "1", None, "127.0.0.1:2/a", "1", None)
-    engine = DockerEngine(Config("127.0.0.1:2"), credentials=lambda host: ANONYMOUS)
+    engine = DockerEngine(MirrorSettings(), keychain=fixed_keychain(lambda host: ANONYMOUS))
     stream = [{"status": "Preparing", "id": "0123456789ab"},
               {"errorDetail": {"message": "no basic auth credentials"}, "error": "no basic auth credentials"},
               {"status": "never read"}]

@@ -13,9 +13,9 @@ from manifests_rewriter.locate import (
     YamlError,
     compose_documents,
     file_kind,
-    go_format_number,
     locate,
 )
+from manifests_rewriter.locate.helm import go_format_number
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -185,7 +185,7 @@ def test_crlf_and_bom_offsets() -> None:
 
 def test_pure_python_loader_fallback_gives_the_same_spans(monkeypatch) -> None:
     """Without libyaml the pure-Python loader is used; its marks count the BOM."""
-    from manifests_rewriter import locate as module
+    from manifests_rewriter.locate import document as module
 
     texts = ["\ufeff" + DEPLOYMENT.format(image="'nginx:1'", digest=DIGEST).replace("\n", "\r\n"),
              "\ufeff" + BITNAMI, "\ufeffimages:\n- name: x\n"]

@@ -26,7 +26,7 @@ GENERATED = settings(max_examples=200, deadline=None, suppress_health_check=[Hea
 
 def _unpruned(text: str) -> list:
     """locate() with every subtree considered relevant (no text-based skipping)."""
-    with mock.patch.object(locate_module, "_RELEVANT", re.compile(r"(?s).")):
+    with mock.patch.object(locate_module, "RELEVANT", re.compile(r"(?s).")):
         return locate(text)
 
 

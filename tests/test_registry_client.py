@@ -13,15 +13,16 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from manifests_rewriter.config import RegistrySettings
 from mirror import retry
 from mirror.registry.auth import Authenticator, parse_challenges
 from mirror.registry.client import RegistryClient, _next_link, _with_digest
@@ -35,6 +36,7 @@ from mirror.registry.media import (
     parse_manifest,
     platform_matches,
 )
+from mirror.settings import RegistrySettings
 from tests.support.images import build_image, build_index, push, seed_standard_set
 
 # ----------------------------------------------------------------------------- a fault proxy
@@ -244,15 +246,28 @@ def test_upload_url_keeps_its_query_and_link_pagination():
     assert _next_link(Response()) == "/v2/x/tags/list?last=b&n=2"  # type: ignore[arg-type]
 
 
+class FakeTransport:
+    """Answers token requests from a function of the call number, and records each call."""
+
+    def __init__(self, answer: Callable[[int], tuple[int, dict[str, Any]]]) -> None:
+        self.answer = answer
+        self.calls: list[tuple[str, str, dict[str, Any] | None, str | None]] = []
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        yield
+
+    def send(self, method: str, url: str, operation: str, *, data: Any = None, params: Any = None,
+             authorization: str | None = None, **_: Any) -> httpx.Response:
+        self.calls.append((method, url, data if method == "POST" else params, authorization))
+        status, body = self.answer(len(self.calls))
+        return httpx.Response(status, stream=httpx.ByteStream(json.dumps(body).encode()))
+
+
 def test_token_cache_honours_expiry():
     now = [0.0]
-    fetched: list[tuple[str, dict[str, Any]]] = []
-
-    def send(method: str, url: str, values: dict[str, Any], headers: dict[str, str]):
-        fetched.append((method, values))
-        return 200, {"token": f"t{len(fetched)}", "expires_in": 100}, b""
-
-    auth = Authenticator("r", None, send, clock=lambda: now[0])
+    transport = FakeTransport(lambda n: (200, {"token": f"t{n}", "expires_in": 100}))
+    auth = Authenticator("r", None, transport, lambda: "http://r", clock=lambda: now[0])  # type: ignore[arg-type]
     auth.set_challenge('Bearer realm="http://t/token",service="r"')
     scopes = ("repository:a:pull",)
     assert auth.authorization(scopes) == "Bearer t1"
@@ -262,28 +277,18 @@ def test_token_cache_honours_expiry():
     now[0] = 91.0
     assert auth.authorization(scopes) == "Bearer t2"
     assert auth.authorization(("repository:b:pull",)) == "Bearer t3"  # another scope, another token
-    assert fetched[0] == ("GET", {"scope": ["repository:a:pull"], "service": "r"})
+    assert transport.calls[0] == ("GET", "http://t/token", {"scope": ["repository:a:pull"], "service": "r"}, None)
 
 
 def test_refresh_token_flow_posts_the_form():
-    forms: list[dict[str, Any]] = []
-
-    class RefreshOnly:
-        basic = None
-
-        def refresh_token(self) -> str:
-            return "refresh-secret"
-
-    def send(method: str, url: str, values: dict[str, Any], headers: dict[str, str]):
-        assert method == "POST" and not headers
-        forms.append(values)
-        return 200, {"access_token": "acc"}, b""
-
-    auth = Authenticator("r", RefreshOnly(), send)
+    transport = FakeTransport(lambda n: (200, {"access_token": "acc"}))
+    creds = Credentials("test", identity_token="refresh-secret")
+    auth = Authenticator("r", creds, transport, lambda: "https://r")  # type: ignore[arg-type]
     auth.set_challenge('Bearer realm="https://r/oauth2/token",service="r"')
     assert auth.authorization(("repository:a:pull,push",)) == "Bearer acc"
-    assert forms == [{"grant_type": "refresh_token", "refresh_token": "refresh-secret",
-                      "scope": "repository:a:pull,push", "service": "r"}]
+    assert transport.calls == [("POST", "https://r/oauth2/token", {
+        "grant_type": "refresh_token", "refresh_token": "refresh-secret", "scope": "repository:a:pull,push",
+        "service": "r"}, None)]
 
 
 # ----------------------------------------------------------------------------- real registries
@@ -382,7 +387,7 @@ def test_referrers_fall_back_to_the_tag_schema(source_registry, seeded):
 def test_basic_auth(basic_registry, tmp_path):
     image = build_image(tmp_path, layers=[2048], seed="basic")
     push(image, basic_registry, "sec/app", "1")
-    creds = Credentials(BasicCredential(basic_registry.username, basic_registry.password), "test")
+    creds = Credentials("test", BasicCredential(basic_registry.username, basic_registry.password))
     client = RegistryClient(basic_registry.host, plain(), credentials=creds)
     assert client.repo("sec/app").get_manifest("1").raw == image.manifest
     anonymous = RegistryClient(basic_registry.host, plain(), sleep=no_sleep)
@@ -400,7 +405,7 @@ def test_token_auth_caches_tokens_per_scope(token_registry, tmp_path):
     image = build_image(tmp_path, layers=[2048], seed="token")
     push(image, token_registry, "tok/app", "1")
     server = token_registry.token_server
-    creds = Credentials(BasicCredential(token_registry.username, token_registry.password), "test")
+    creds = Credentials("test", BasicCredential(token_registry.username, token_registry.password))
     client = RegistryClient(token_registry.host, plain(), credentials=creds)
     before = server.requests["/token"]
     repo = client.repo("tok/app")
@@ -417,19 +422,17 @@ def test_token_auth_caches_tokens_per_scope(token_registry, tmp_path):
 
 @pytest.mark.registry
 def test_acr_refresh_token_flow(acr_registry, tmp_path):
-    from mirror.registry.acr import AcrRefreshTokenSource
-    from mirror.registry.credentials import Credentials as Creds
+    from mirror.azure.identity import EntraIdTokenProvider
     from tests.support.registries import static_credential
 
     image = build_image(tmp_path, layers=[2048], seed="acr")
     push(image, acr_registry, "acr/app", "1")
-    settings = plain()
-    source = AcrRefreshTokenSource(acr_registry.host, settings, credential=static_credential(acr_registry.aad_token))
-    client = RegistryClient(acr_registry.host, settings, credentials=Creds(None, "entra", token_source=source))
+    entra = EntraIdTokenProvider(static_credential(acr_registry.aad_token))
+    client = RegistryClient(acr_registry.host, plain(), credentials=Credentials("entra", entra_id=entra))
     assert client.repo("acr/app").get_manifest("1").raw == image.manifest
     posts = [r for r in acr_registry.token_server.log if r.method == "POST" and r.path.startswith("/oauth2/token")]
     assert posts and posts[-1].status == 200
-    assert source.exchanges == 1
+    assert client.auth.acr is not None and client.auth.acr.exchanges == 1
     client.close()
 
 
@@ -490,7 +493,7 @@ def test_blob_redirect_drops_authorization_and_loops_fail(basic_registry, tmp_pa
 
     front = proxy_factory(basic_registry.host, registry)
     settings = plain()
-    creds_obj = Credentials(BasicCredential(*creds), "test")
+    creds_obj = Credentials("test", BasicCredential(*creds))
     client = RegistryClient(front.host, settings, credentials=creds_obj)
     repo = client.repo("red/app")
     with repo.open_blob(layer) as blob:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from manifests_rewriter.files import WriteError, write_atomic
 from manifests_rewriter.locate import ImageField, locate
 from manifests_rewriter.reference import ImageRef, parse
 from manifests_rewriter.splice import (
@@ -18,7 +19,6 @@ from manifests_rewriter.splice import (
     byte_span,
     edits_for,
     split_name,
-    write_atomic,
 )
 
 ACR = "crazureblue.azurecr.io"
@@ -375,12 +375,12 @@ def test_write_atomic_keeps_mode_and_leaves_no_temp_files(tmp_path: Path) -> Non
 def test_write_atomic_refuses_a_concurrently_changed_file(tmp_path: Path) -> None:
     path = tmp_path / "deploy.yaml"
     path.write_bytes(b"edited by someone else\n")
-    with pytest.raises(SpliceError, match="changed since it was read"):
+    with pytest.raises(WriteError, match="changed since it was read"):
         write_atomic(path, b"ours\n", expected=b"what we read\n")
     assert path.read_bytes() == b"edited by someone else\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy.yaml"]
     path.unlink()
-    with pytest.raises(SpliceError, match="gone"):
+    with pytest.raises(WriteError, match="gone"):
         write_atomic(path, b"ours\n", expected=b"what we read\n")
     assert not path.exists()
 

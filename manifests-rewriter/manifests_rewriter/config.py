@@ -1,62 +1,43 @@
 """The configuration file (config.example.yaml documents every key; the keys are a contract).
 
+This offline core owns `target`, `policy` and `scan`. The other sections of the file format
+(MIRROR_SECTIONS) belong to acr-mirror, which passes their parsers in (`sections=`, from
+mirror.settings) and also registers them under the entry-point group SECTION_GROUP, so the
+pre-commit hook checks them too wherever acr-mirror is installed (`installed_sections`). Where
+it is not, the hook leaves exactly those sections alone (`others="ignore"`); any other unknown
+key is an error. One acr-mirror.yaml serves both programs.
+
 Parsing is strict: an unknown key, a wrong type or a regex RE2 rejects is a ConfigError
 naming the file and the key, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .errors import ConfigError, PolicyError
 from .naming import DEFAULT_NAMING, NamingError, check_template
-from .policy import Policy, PolicyError
+from .policy import Policy
 from .reference import DOMAIN_RE
 
+__all__ = ["CONFIG_ENV", "DEFAULT_CONFIG", "MIRROR_SECTIONS", "Config", "ConfigError", "ScanSettings", "SectionParser", "check_section",
+           "find_config", "installed_sections", "load_config", "parse_config", "string_list"]
 
-class ConfigError(ValueError):
-    """Unusable configuration; the message names the file and key."""
+# Top-level sections acr-mirror parses (mirror.settings.SECTIONS); the hook accepts and ignores them.
+MIRROR_SECTIONS = ("registries", "copy", "docker", "azure")
+SECTION_GROUP = "manifests_rewriter.config_sections"  # entry points: a mapping of section name -> parser
+DEFAULT_CONFIG = "acr-mirror.yaml"  # looked up in the current directory when --config is not given
+CONFIG_ENV = "ACR_MIRROR_CONFIG"
 
-
-@dataclass(frozen=True)
-class RegistrySettings:
-    endpoint: str | None = None  # send this host's requests here (mirror, proxy, private endpoint)
-    insecure: bool = False  # plain HTTP or unverified TLS, for this host only
-    ca_file: str | None = None
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    password_env: str | None = None  # name of an environment variable holding the password
-    auth: str = "auto"  # auto | anonymous | basic | docker | azure
-    tenant: str | None = None  # Entra ID tenant for the ACR token exchange
-
-    def resolved_password(self) -> str | None:
-        if self.password_env:
-            return os.environ.get(self.password_env)
-        return self.password
-
-
-@dataclass(frozen=True)
-class CopySettings:
-    engine: str = "registry"  # registry | docker
-    platforms: tuple[str, ...] | None = None  # None: all platforms
-    concurrency: int = 8
-    per_registry_limit: int = 8  # requests in flight per registry host
-    signatures: bool = True  # referrers and cosign .sig/.att/.sbom tags come along
-    lock: bool = False  # ACR only: make mirrored images read-only (can_write=False)
-    retries: int = 5
-    timeout: float = 60.0  # seconds per request (connect/read)
-
-
-@dataclass(frozen=True)
-class DockerSettings:
-    host: str | None = None  # DOCKER_HOST when unset
-    tls_verify: bool = False
-    cert_path: str | None = None
-    allow_digest_change: bool = False  # rewrite digest-pinned references by tag after a docker-engine copy
+# A section's parser: (where, the section's raw value, warnings to append to) -> its settings value.
+SectionParser = Callable[[str, Any, list[str]], object]
 
 
 @dataclass(frozen=True)
@@ -70,15 +51,10 @@ class Config:
     target_registry: str
     naming: str = DEFAULT_NAMING
     policy: Policy | None = None
-    registries: dict[str, RegistrySettings] = field(default_factory=dict)
-    copy: CopySettings = field(default_factory=CopySettings)
-    docker: DockerSettings = field(default_factory=DockerSettings)
     scan: ScanSettings = field(default_factory=ScanSettings)
     path: str = ""
     warnings: tuple[str, ...] = ()
-
-    def registry(self, host: str) -> RegistrySettings:
-        return self.registries.get(host, RegistrySettings())
+    sections: Mapping[str, object] = field(default_factory=dict)  # parsed by their owners' parsers
 
     def require_policy(self) -> Policy:
         if self.policy is None:
@@ -86,22 +62,15 @@ class Config:
         return self.policy
 
 
-_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
+_CORE: dict[str, dict[str, type | tuple[type, ...]]] = {
     "target": {"registry": str, "naming": str},
     "policy": {"imageRegex": str, "excludedNamespaces": list, "excludedContainers": list},
-    "copy": {"engine": str, "platforms": (str, list), "concurrency": int, "per_registry_limit": int,
-             "signatures": bool, "lock": bool, "retries": int, "timeout": (int, float)},
-    "docker": {"host": str, "tls_verify": bool, "cert_path": str, "allow_digest_change": bool},
     "scan": {"max_file_bytes": int, "exclude": list},
 }
-_REGISTRY_KEYS: dict[str, type | tuple[type, ...]] = {
-    "endpoint": str, "insecure": bool, "ca_file": str, "username": str, "password": str,
-    "password_env": str, "auth": str, "tenant": str,
-}
-_AUTH_MODES = ("auto", "anonymous", "basic", "docker", "azure")
 
 
-def _section(where: str, data: Any, schema: dict[str, Any]) -> dict[str, Any]:
+def check_section(where: str, data: Any, schema: Mapping[str, type | tuple[type, ...]]) -> dict[str, Any]:
+    """A section's mapping, its keys and value types checked against `schema` (None is allowed)."""
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -110,13 +79,14 @@ def _section(where: str, data: Any, schema: dict[str, Any]) -> dict[str, Any]:
         if key not in schema:
             raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(schema)})")
         expected = schema[key]
-        if value is not None and not isinstance(value, expected) or isinstance(value, bool) and expected in (int, (int, float)):
+        numeric = expected in (int, (int, float))
+        if value is not None and not isinstance(value, expected) or isinstance(value, bool) and numeric:
             names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
             raise ConfigError(f"{where}.{key}: must be {names}, not {type(value).__name__}")
     return data
 
 
-def _string_list(where: str, value: Any) -> tuple[str, ...]:
+def string_list(where: str, value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -124,16 +94,58 @@ def _string_list(where: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def parse_config(data: Any, path: str = "<config>", *, policy_optional: bool = False) -> Config:
+def _check_top_level(data: dict[str, Any], path: str, sections: Mapping[str, SectionParser], others: str) -> None:
+    known = {*_CORE, *sections}
+    ignored = set(MIRROR_SECTIONS) - known if others == "ignore" else set()
+    for key in data:
+        if key in known or key in ignored:
+            continue
+        near = difflib.get_close_matches(str(key), [*_CORE, *MIRROR_SECTIONS], n=1, cutoff=0.75)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(f"{path}: unknown key {key!r} (known: {', '.join(sorted(known | ignored))}){hint}")
+
+
+def _policy(path: str, data: Any) -> Policy:
+    section = check_section(f"{path}: policy", data, _CORE["policy"])
+    if "imageRegex" not in section:
+        raise ConfigError(f"{path}: policy.imageRegex is required")
+    try:
+        return Policy(
+            section["imageRegex"],
+            string_list(f"{path}: policy.excludedNamespaces", section.get("excludedNamespaces")),
+            string_list(f"{path}: policy.excludedContainers", section.get("excludedContainers")),
+            origin=f"config {path}",
+        )
+    except PolicyError as exc:
+        raise ConfigError(f"{path}: policy.{exc}") from None
+
+
+def installed_sections() -> dict[str, SectionParser]:
+    """Section parsers installed distributions register (acr-mirror's: mirror.settings.SECTIONS)."""
+    from importlib.metadata import entry_points
+
+    found: dict[str, SectionParser] = {}
+    for entry in entry_points(group=SECTION_GROUP):
+        try:
+            found.update(entry.load())
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the hook
+            raise ConfigError(f"loading config sections from {entry.value}: {type(exc).__name__}: {exc} "
+                              f"(reinstall acr-mirror, or uninstall it to run the hook alone)") from None
+    return found
+
+
+def parse_config(data: Any, path: str = "<config>", *, policy_optional: bool = False,
+                 sections: Mapping[str, SectionParser] | None = None, others: str = "error") -> Config:
+    """The Config of a parsed YAML document. `sections`: parsers of the sections the caller
+    owns; `others`: "error" (a section nobody here parses is refused) or "ignore" (acr-mirror's
+    MIRROR_SECTIONS are left alone: the hook)."""
+    sections = sections or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the configuration must be a mapping")
-    known = {*_SCHEMA, "registries"}
-    for key in data:
-        if key not in known:
-            raise ConfigError(f"{path}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+    _check_top_level(data, path, sections, others)
     warnings: list[str] = []
 
-    target = _section(f"{path}: target", data.get("target"), _SCHEMA["target"])
+    target = check_section(f"{path}: target", data.get("target"), _CORE["target"])
     registry = target.get("registry")
     if not registry:
         raise ConfigError(f"{path}: target.registry is required (e.g. crazureblue.azurecr.io)")
@@ -147,63 +159,21 @@ def parse_config(data: Any, path: str = "<config>", *, policy_optional: bool = F
 
     policy = None
     if data.get("policy") is not None:
-        section = _section(f"{path}: policy", data["policy"], _SCHEMA["policy"])
-        if "imageRegex" not in section:
-            raise ConfigError(f"{path}: policy.imageRegex is required")
-        try:
-            policy = Policy(
-                section["imageRegex"],
-                _string_list(f"{path}: policy.excludedNamespaces", section.get("excludedNamespaces")),
-                _string_list(f"{path}: policy.excludedContainers", section.get("excludedContainers")),
-                origin=f"config {path}",
-            )
-        except PolicyError as exc:
-            raise ConfigError(f"{path}: policy.{exc}") from None
+        policy = _policy(path, data["policy"])
     elif not policy_optional:
         raise ConfigError(f"{path}: policy is required (policy.imageRegex), or use --policy-from-cluster")
 
-    registries: dict[str, RegistrySettings] = {}
-    raw_registries = data.get("registries") or {}
-    if not isinstance(raw_registries, dict):
-        raise ConfigError(f"{path}: registries must be a mapping of host to settings")
-    for host, settings in raw_registries.items():
-        where = f"{path}: registries.{host}"
-        section = _section(where, settings, _REGISTRY_KEYS)
-        auth = section.get("auth", "auto")
-        if auth not in _AUTH_MODES:
-            raise ConfigError(f"{where}.auth: must be one of {', '.join(_AUTH_MODES)}")
-        if section.get("password"):
-            warnings.append(f"{where}.password: a password in plain text in the config file; "
-                            f"prefer password_env, a Docker credential helper or Entra ID")
-        registries[str(host)] = RegistrySettings(**section)
-
-    copy_section = _section(f"{path}: copy", data.get("copy"), _SCHEMA["copy"])
-    engine = copy_section.get("engine", "registry")
-    if engine not in ("registry", "docker"):
-        raise ConfigError(f"{path}: copy.engine must be 'registry' or 'docker', not {engine!r}")
-    platforms_value = copy_section.get("platforms", "all")
-    platforms: tuple[str, ...] | None
-    if platforms_value in (None, "all"):
-        platforms = None
-    elif isinstance(platforms_value, list):
-        platforms = _string_list(f"{path}: copy.platforms", platforms_value)
-    else:
-        raise ConfigError(f"{path}: copy.platforms must be 'all' or a list such as [linux/amd64]")
-    for name in ("concurrency", "per_registry_limit"):
-        if copy_section.get(name, 1) < 1:
-            raise ConfigError(f"{path}: copy.{name} must be at least 1")
-    copy = CopySettings(**{**copy_section, "engine": engine, "platforms": platforms})
-
-    docker = DockerSettings(**_section(f"{path}: docker", data.get("docker"), _SCHEMA["docker"]))
-    scan_section = _section(f"{path}: scan", data.get("scan"), _SCHEMA["scan"])
+    scan_section = check_section(f"{path}: scan", data.get("scan"), _CORE["scan"])
     scan = ScanSettings(
         max_file_bytes=scan_section.get("max_file_bytes", ScanSettings.max_file_bytes),
-        exclude=_string_list(f"{path}: scan.exclude", scan_section.get("exclude")),
+        exclude=string_list(f"{path}: scan.exclude", scan_section.get("exclude")),
     )
-    return Config(registry, naming, policy, registries, copy, docker, scan, path, tuple(warnings))
+    parsed = {name: parse(f"{path}: {name}", data.get(name), warnings) for name, parse in sections.items()}
+    return Config(registry, naming, policy, scan, path, tuple(warnings), parsed)
 
 
-def load_config(path: str | Path, *, policy_optional: bool = False) -> Config:
+def load_config(path: str | Path, *, policy_optional: bool = False,
+                sections: Mapping[str, SectionParser] | None = None, others: str = "error") -> Config:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -217,4 +187,17 @@ def load_config(path: str | Path, *, policy_optional: bool = False) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    return parse_config(data, str(path), policy_optional=policy_optional)
+    return parse_config(data, str(path), policy_optional=policy_optional, sections=sections, others=others)
+
+
+def find_config(given: str | None, env: Mapping[str, str] = os.environ) -> str:
+    """The config file to use: --config; else ./acr-mirror.yaml (the repository's own, as the
+    pre-commit hook runs at its root); else $ACR_MIRROR_CONFIG."""
+    if given:
+        return given
+    if Path(DEFAULT_CONFIG).is_file():
+        return DEFAULT_CONFIG
+    if env.get(CONFIG_ENV):
+        return env[CONFIG_ENV]
+    raise ConfigError(f"no configuration: give --config FILE, create ./{DEFAULT_CONFIG} or set {CONFIG_ENV} "
+                      f"(config.example.yaml documents every key)")

@@ -14,11 +14,8 @@ from dataclasses import dataclass, field
 
 import re2
 
+from .errors import PolicyError
 from .reference import ImageRef
-
-
-class PolicyError(ValueError):
-    """The policy itself is unusable (e.g. a regex RE2 rejects)."""
 
 
 def compile_regex(pattern: str) -> re2._Regexp:

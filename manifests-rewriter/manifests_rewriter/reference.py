@@ -16,8 +16,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+# Docker Hub, in one place: image names say docker.io (or an alias), its API lives at
+# registry-1.docker.io, and Docker's credential stores know it as the legacy v1 index URL.
 DOCKER_HUB = "docker.io"
-_HUB_ALIASES = {"index.docker.io", "registry-1.docker.io", "docker.io"}
+DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+DOCKER_HUB_API_HOST = "registry-1.docker.io"
+DOCKER_HUB_CREDENTIAL_SERVER = "https://index.docker.io/v1/"
 MAX_NAME_LENGTH = 255
 
 _ALNUM = r"[a-z0-9]+"
@@ -30,7 +34,7 @@ _IPV6 = r"\[(?:[a-fA-F0-9:]+)\]"
 DOMAIN_RE = re.compile(rf"(?:{_DOMAIN_NAME}|{_IPV6})(?::[0-9]+)?")
 TAG_RE = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 _DIGEST_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
-_DIGEST_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
+DIGEST_ALGORITHMS = {"sha256": 64, "sha384": 96, "sha512": 128}  # algorithm -> hex digits
 _HEX64 = re.compile(r"[a-f0-9]{64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SPACE = re.compile(r"\s")
@@ -79,6 +83,29 @@ class ImageRef:
         return ImageRef(ref.registry, ref.repository, ref.tag, ref.digest, original=str(ref))
 
 
+def digest_problem(digest: object) -> str | None:
+    """Why `digest` is not a content digest acr-mirror can use, or None when it is one:
+    `algorithm:hex` with a supported algorithm and exactly its number of lower-case hex digits.
+    Every digest, written in a manifest or sent by a registry, is checked here before use."""
+    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+        return f"invalid digest {digest!r}"
+    algorithm, hexpart = digest.split(":", 1)
+    expected = DIGEST_ALGORITHMS.get(algorithm)
+    if expected is None:
+        return f"unsupported digest algorithm {algorithm!r}"
+    if len(hexpart) != expected or hexpart != hexpart.lower():
+        return f"invalid {algorithm} digest (need {expected} lower-case hex digits)"
+    return None
+
+
+def is_digest(text: object) -> bool:
+    return digest_problem(text) is None
+
+
+def is_docker_hub(host: str) -> bool:
+    return host in DOCKER_HUB_ALIASES
+
+
 def _reject_obvious(text: str) -> None:
     if not text or not text.strip():
         raise ReferenceError("empty image reference")
@@ -107,7 +134,7 @@ def _split_domain(name: str) -> tuple[str, str]:
         domain, path = DOCKER_HUB, name
     else:
         domain, path = first, name[slash + 1 :]
-    if domain.lower() in _HUB_ALIASES:
+    if domain.lower() in DOCKER_HUB_ALIASES:
         domain = DOCKER_HUB
     if domain == DOCKER_HUB and "/" not in path:
         path = f"library/{path}"
@@ -124,14 +151,9 @@ def parse(text: str) -> ImageRef:
     rest, digest = text, None
     if "@" in rest:
         rest, digest = rest.split("@", 1)
-        if not _DIGEST_RE.fullmatch(digest):
-            raise ReferenceError(f"{text!r}: invalid digest {digest!r}")
-        algorithm, hexpart = digest.split(":", 1)
-        expected = _DIGEST_LENGTHS.get(algorithm)
-        if expected is None:
-            raise ReferenceError(f"{text!r}: unsupported digest algorithm {algorithm!r}")
-        if len(hexpart) != expected or hexpart != hexpart.lower():
-            raise ReferenceError(f"{text!r}: invalid {algorithm} digest (need {expected} lower-case hex digits)")
+        problem = digest_problem(digest)
+        if problem:
+            raise ReferenceError(f"{text!r}: {problem}")
     tag = None
     # A ':' after the last '/' separates the tag; one before it belongs to host:port.
     colon = rest.rfind(":")

@@ -13,12 +13,12 @@ import difflib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from .files import FileError, SourceFile, printable
+from .files import FileError, SourceFile, WriteError, printable, write_atomic
 from .locate import YamlError, locate
 from .policy import Policy
 from .reference import ImageRef, ReferenceError, parse
 from .scan import read_sources
-from .splice import Edit, SpliceError, apply_edits, edits_for, write_atomic
+from .splice import Edit, SpliceError, apply_edits, edits_for
 
 # source reference -> target reference, or a string saying why it must not be rewritten
 Resolve = Callable[[ImageRef], "ImageRef | str"]
@@ -123,7 +123,7 @@ def rewrite_paths(paths: Iterable[str], policy: Policy, resolve: Resolve, *, wri
         if write and planned.changed:
             try:
                 write_atomic(source.path, planned.new_text.encode("utf-8"), expected=source.raw)
-            except SpliceError as exc:
+            except WriteError as exc:
                 result.errors.append(FileError(source.display, str(exc)))
             except OSError as exc:
                 result.errors.append(FileError(source.display, f"cannot write: {exc.strerror or exc}"))

@@ -1,29 +1,25 @@
-"""Splice edits into text, byte-exactly, and write files atomically.
+"""Splice edits into text, byte-exactly.
 
 Callers read a file as bytes, decode it with strict UTF-8 (a BOM stays in the str),
-apply edits at character offsets found by locate.py, and encode back with UTF-8: every
-byte outside the edits is unchanged (no newline translation, so CRLF stays CRLF).
+apply edits at character offsets found by the locators, and encode back with UTF-8: every
+byte outside the edits is unchanged (no newline translation, so CRLF stays CRLF). Writing
+the result is files.write_atomic's.
 """
 
 from __future__ import annotations
 
-import contextlib
-import glob
-import os
 import re
-import stat
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import yaml
 
+from .errors import AcrMirrorError
 from .locate import ImageField, Scalar
 from .reference import ImageRef, ReferenceError, parse
 
 
-class SpliceError(Exception):
+class SpliceError(AcrMirrorError):
     """An edit that cannot be made safely; the message says why. Nothing is written."""
 
 
@@ -188,89 +184,3 @@ def byte_span(text: str, start: int, end: int) -> tuple[int, int]:
     """Byte offsets in the UTF-8 encoding of `text` of the character span start..end."""
     first = len(text[:start].encode("utf-8"))
     return first, first + len(text[start:end].encode("utf-8"))
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (os.umask would race other threads)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-TEMP_MARK = "acr-mirror-"  # names our temporary files, so a later run may remove a killed run's leftovers
-
-
-def write_atomic(path: Path, data: bytes, *, expected: bytes | None = None) -> None:
-    """Replace the file's content with `data`, all at once: a temporary file in the same
-    directory is written, fsynced, given the original file's mode (and owner when
-    possible), then renamed over the file, and the directory is fsynced. Readers see
-    the old or the new content, never a mix; a crash leaves the old file.
-
-    A symlink is followed: its target is replaced, the link stays. A read-only file is refused.
-    Temporary files a killed run left beside the file (`.NAME.acr-mirror-*.tmp`) are removed.
-    With `expected`, the file must still hold exactly those bytes (it is checked before
-    and again just before the rename); if someone changed it since it was read,
-    SpliceError is raised and nothing is written."""
-    path = Path(os.path.realpath(path))
-    directory = path.parent
-
-    def check() -> os.stat_result | None:
-        try:
-            current = path.read_bytes() if expected is not None else None
-            info = path.stat()
-        except FileNotFoundError:
-            if expected is not None:
-                raise SpliceError(f"{path}: the file is gone since it was read; not written") from None
-            return None
-        except OSError as exc:
-            raise SpliceError(f"reading {path}: {exc.strerror or exc}") from None
-        if expected is not None and current != expected:
-            raise SpliceError(f"{path}: the file changed since it was read; not written")
-        return info
-
-    info = check()
-    if info is not None and not info.st_mode & 0o222:
-        # rename() needs only the directory's permission; a file made read-only stays as it is
-        raise SpliceError(f"{path}: the file is read-only; not written")
-    prefix = f".{path.name}.{TEMP_MARK}"
-    for stale in directory.glob(f"{glob.escape(prefix)}*.tmp"):  # left by a run that was killed mid-write
-        with contextlib.suppress(OSError):
-            stale.unlink()
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            if info is not None:
-                os.fchmod(handle.fileno(), stat.S_IMODE(info.st_mode))
-                if (info.st_uid, info.st_gid) != (os.getuid(), os.getgid()):
-                    with contextlib.suppress(OSError):  # only root may give files away
-                        os.fchown(handle.fileno(), info.st_uid, info.st_gid)
-            else:  # a new file: what open() would have given it
-                os.fchmod(handle.fileno(), 0o666 & ~_umask())
-            os.fsync(handle.fileno())
-        check()  # narrow the window for a concurrent edit as far as we can
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(directory)

@@ -21,18 +21,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from manifests_rewriter.config import RegistrySettings
+from manifests_rewriter.errors import AcrMirrorError
+from manifests_rewriter.reference import is_digest
 
-from .acr import AAD_SCOPE, default_azure_credential, registry_base_urls
-from .credentials import CredentialError
+from ..registry.errors import CredentialError
+from ..registry.transport import base_urls
+from ..settings import RegistrySettings
+from .identity import ACR_AUDIENCE, default_credential
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
-AUDIENCE = AAD_SCOPE.removesuffix("/.default")
 
-
-class LockError(Exception):
+class LockError(AcrMirrorError):
     """Locking an image failed; the message says which image and why, never a token."""
 
 
@@ -43,11 +44,6 @@ class LockResult:
     digest: str
     can_write: bool | None
     can_delete: bool | None
-
-
-def _is_digest(reference: str) -> bool:
-    algorithm, sep, _hex = reference.partition(":")
-    return bool(sep) and algorithm.startswith("sha")
 
 
 def lock_image(
@@ -66,10 +62,10 @@ def lock_image(
     from azure.core.exceptions import AzureError, HttpResponseError
 
     settings = settings or RegistrySettings()
-    endpoint = registry_base_urls(host, settings)[0]
+    endpoint = base_urls(host, settings)[0]
     what = f"locking {host}/{repository}@{digest_or_tag} against overwrite"
     if credential is None:
-        credential = default_azure_credential()
+        credential = default_credential()
     client_options: dict[str, Any] = {"connection_timeout": timeout, "read_timeout": timeout}
     if settings.ca_file:
         client_options["connection_verify"] = settings.ca_file
@@ -81,9 +77,9 @@ def lock_image(
             raise LockError(f"{what}: endpoint {endpoint} is plain HTTP but registries.{host}.insecure is not set")
         call_options["enforce_https"] = False
     try:
-        with ContainerRegistryClient(endpoint, credential, audience=AUDIENCE, **client_options) as client:
+        with ContainerRegistryClient(endpoint, credential, audience=ACR_AUDIENCE, **client_options) as client:
             digest = digest_or_tag
-            if not _is_digest(digest_or_tag):
+            if not is_digest(digest_or_tag):
                 digest = client.get_tag_properties(repository, digest_or_tag, **call_options).digest
             properties = client.update_manifest_properties(
                 repository, digest, can_write=False, can_delete=False, **call_options

@@ -10,8 +10,11 @@ The only place in acr-mirror that uses the `kubernetes` package (DESIGN.md). Mod
 Nothing is imported here, so `import mirror.cluster` stays cheap; import the submodules.
 """
 
-from manifests_rewriter.config import ConfigError
+from manifests_rewriter.errors import AcrMirrorError
 
 
-class ClusterError(ConfigError):
-    """The cluster cannot be used: no kubeconfig, unreachable, unauthorized. "doing what: cause"."""
+class ClusterError(AcrMirrorError):
+    """The cluster cannot be used: no kubeconfig, unreachable, unauthorized. "doing what: cause".
+    A failure of the run (exit 1), not of the invocation."""
+
+    names_operation = True

@@ -23,13 +23,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
-
 from manifests_rewriter.policy import Policy
 
+from .kube import ApiError, api_instance, call_json, paged, status_message
 from .policy_source import GROUP, KIND, PLURAL, VERSION
-from .scan import KIND_BY_NAME, call_json, controller_of, paged, status_message
+from .scan import KIND_BY_NAME, controller_of
 
 _WEBHOOK = re.compile(r'admission webhook "(?P<webhook>[^"]+)" denied the request:?\s*(?P<detail>.*)', re.S)
 _CONSTRAINT = re.compile(r"\[([^\]\s]+)\]")
@@ -109,7 +107,7 @@ class _Auditor:
     def excluded(self, namespace: str | None) -> bool:
         return bool(self.policy and namespace and self.policy.namespace_excluded(namespace))
 
-    def failed(self, what: str, exc: ApiException) -> None:
+    def failed(self, what: str, exc: ApiError) -> None:
         self.items.append(AuditItem("error", "-", None, "-", f"{what}: {status_message(exc)}"))
 
     def top_owner(self, kind: str, namespace: str, name: str) -> str | None:
@@ -126,7 +124,7 @@ class _Auditor:
             try:
                 obj = call_json(self.api, f"reading {current[0]} {namespace}/{current[1]}", spec.method(self.api, "read"),
                                 name=current[1], namespace=namespace)
-            except ApiException:
+            except ApiError:
                 break
             ref = controller_of(obj.get("metadata") or {})
             if ref is None:
@@ -138,7 +136,7 @@ class _Auditor:
 
     def events(self) -> None:
         what = "listing FailedCreate events across all namespaces"
-        call = k8s.CoreV1Api(self.api).list_event_for_all_namespaces
+        call = api_instance(self.api, "CoreV1Api").list_event_for_all_namespaces
         grouped: dict[tuple[str, str, str], dict[str, Any]] = {}
         try:
             for page in paged(self.api, what, call, field_selector="reason=FailedCreate"):
@@ -162,7 +160,7 @@ class _Auditor:
                         entry["last"], entry["message"], entry["webhook"] = last, ev.get("message", ""), webhook
                     entry["constraints"].update(dict.fromkeys(constraints))
                     entry["pairs"].update(dict.fromkeys(zip(images, containers, strict=True)))
-        except ApiException as exc:
+        except ApiError as exc:
             self.failed(what, exc)
             return
         for (kind, ns, name), entry in grouped.items():
@@ -201,15 +199,15 @@ class _Auditor:
                         images=images, containers=containers,
                         last_seen=max((c.get("lastUpdateTime") or c.get("lastTransitionTime") or "") for c in stuck)
                         or None))
-        except ApiException as exc:
+        except ApiError as exc:
             self.failed(what, exc)
 
     def constraints(self) -> None:
         what = f"listing {PLURAL}.{GROUP}/{VERSION}"
-        call = k8s.CustomObjectsApi(self.api).list_cluster_custom_object
+        call = api_instance(self.api, "CustomObjectsApi").list_cluster_custom_object
         try:
             pages = list(paged(self.api, what, call, group=GROUP, version=VERSION, plural=PLURAL))
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status != 404:  # 404: the constraint kind is not installed; nothing to audit there
                 self.failed(what, exc)
             return

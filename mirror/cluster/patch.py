@@ -25,12 +25,11 @@ from collections.abc import Mapping as AbcMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
 from manifests_rewriter.model import Finding, Mapping
 from manifests_rewriter.reference import ImageRef, ReferenceError, parse
 
-from .scan import KIND_BY_NAME, Kind, call_json, controller_of, dig, status_message
+from .kube import ApiError, call_json, status_message
+from .scan import KIND_BY_NAME, Kind, controller_of, dig
 
 Verify = Callable[[ImageRef, ImageRef, str | None], bool]
 MappingLike = Iterable[Mapping] | AbcMapping[str, ImageRef] | Callable[[ImageRef], ImageRef | None]
@@ -190,7 +189,7 @@ def plan_patches(api: Any, findings: Iterable[Finding], mapping: MappingLike, ve
         kind = KIND_BY_NAME[kind_name]
         try:
             obj = _read(api, kind, namespace, name)
-        except ApiException as exc:
+        except ApiError as exc:
             plan.reason = ("gone since the scan" if exc.status == 404
                            else f"reading it: {status_message(exc)}")
             continue
@@ -306,6 +305,6 @@ def apply_patches(api: Any, plans: Iterable[PatchPlan], *, dry_run: bool = True)
                 answer = _send(api, plan, dry_run=False)
                 changed = changed_paths((plan.before or {}).get("spec"), answer.get("spec"), "/spec")
             results.append(PatchResult(plan, "would patch" if dry_run else "patched", dry_run, None, changed))
-        except ApiException as exc:
+        except ApiError as exc:
             results.append(PatchResult(plan, "failed", dry_run, f"patching {plan.where}: {status_message(exc)}"))
     return results

@@ -124,16 +124,14 @@ def policy_from_constraints(constraints: list[dict[str, Any]], notes: list[str] 
 
 def list_constraints(api: Any) -> list[dict[str, Any]]:
     """Every K8sAzureV2ContainerAllowedImages constraint in the cluster, as JSON."""
-    from kubernetes import client as k8s
-    from kubernetes.client.exceptions import ApiException
 
-    from .scan import paged, status_message
+    from .kube import ApiError, api_instance, paged, status_message
 
     what = f"reading the policy from the cluster: listing {PLURAL}.{GROUP}/{VERSION}"
-    call = k8s.CustomObjectsApi(api).list_cluster_custom_object
+    call = api_instance(api, "CustomObjectsApi").list_cluster_custom_object
     try:
         return [item for page in paged(api, what, call, group=GROUP, version=VERSION, plural=PLURAL) for item in page]
-    except ApiException as exc:
+    except ApiError as exc:
         if exc.status == 404:
             raise PolicySourceError(f"reading the policy from the cluster: the {KIND} constraint kind is not "
                                     f"installed ({GROUP}/{VERSION}; is the Azure Policy add-on or Gatekeeper "

@@ -1,9 +1,15 @@
-"""What every copy engine shares: registry clients per host, one image's copy wrapped so it
-never raises, a bounded pool over many images, progress events, and closing.
+"""The interface every copy engine offers the pipeline, and what they all share.
 
-An engine implements `_copy(mapping, result)` (fill in the CopyResult or raise), `status`
-and `verify`; the registry engine (mirror.copy) and the Docker engine (mirror.docker_engine)
-then offer the same interface to the CLI and the pipeline.
+`Engine` declares what the pipeline calls: `copy_all` (many images, a bounded number at a
+time, results in input order), `status` (a dry run: present / planned), `verify` (does the
+target hold the source's image?), `written_target` (the reference a verified copy lets the
+manifests say) and `close`; and what the engine preserves (`preserves_digests`,
+`preserves_platforms`). Every engine returns `CopyResult`s and never raises for one failing
+image. Shared here: registry clients per host (their token caches and request limits), one
+image's copy wrapped so it never raises, the bounded pool, progress events.
+
+A new engine subclasses Engine, implements `_copy`, `status`, `verify` (and overrides
+`written_target` when its copies change digests), and gets one line in mirror.engines.ENGINES.
 """
 
 from __future__ import annotations
@@ -11,83 +17,91 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Mapping as AbcMapping
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Protocol
 
-from manifests_rewriter.config import Config
+from manifests_rewriter.errors import AcrMirrorError
 from manifests_rewriter.model import Mapping
+from manifests_rewriter.reference import ImageRef
 
-from .registry.client import RegistryClient
-from .registry.errors import RegistryError
-
-if TYPE_CHECKING:
-    from .copy import CopyResult
-
-Progress = Callable[[str, dict[str, Any]], None]
+from ..registry.client import RegistryClient
+from ..registry.credentials import Keychain, default_keychain
+from ..settings import MirrorSettings
 
 
-def default_credentials(config: Config) -> Callable[[str], Any]:
-    from .registry.credentials import credentials_for  # Docker config, helpers, env, Entra ID
+class Progress(Protocol):
+    """Receives engine events: "start" and "done" per image (done carries the CopyResult
+    fields), "blob" per blob placed, and engine-specific ones ("pull", "push", "image-warning")."""
 
-    def lookup(host: str) -> Any:
-        return credentials_for(host, config.registry(host))
-
-    return lookup
+    def __call__(self, event: str, info: AbcMapping[str, Any], /) -> None: ...
 
 
-class Engine:
-    name = "registry"
-    doing = ""  # appended to "copy SOURCE to TARGET" in error messages, e.g. " with the Docker engine"
-    complete_errors: tuple[type[BaseException], ...] = (RegistryError,)  # their message says what was done
+@dataclass
+class CopyResult:
+    """What one engine did for one image (DESIGN.md "Data types")."""
 
-    def __init__(self, config: Config, *, credentials: Callable[[str], Any] | None = None,
+    source: str
+    target: str
+    status: str = "failed"  # copied | present | failed | planned
+    digest: str | None = None  # the source manifest's digest
+    target_digest: str | None = None  # what the target holds; differs when platforms were filtered (or docker)
+    platforms: list[str] = field(default_factory=list)
+    bytes_moved: int = 0
+    blobs_copied: int = 0
+    blobs_skipped: int = 0
+    blobs_mounted: int = 0
+    referrers: int = 0  # referrers and signature manifests copied along
+    error: str | None = None
+    note: str | None = None
+    rate_limit: str | None = None
+    seconds: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def add_note(self, text: str) -> None:
+        self.note = f"{self.note}; {text}" if self.note else text
+
+
+class Engine(ABC):
+    name: ClassVar[str]
+    preserves_digests: ClassVar[bool]  # the target holds the source's manifest digests
+    preserves_platforms: ClassVar[bool]  # every platform of an index arrives
+    doing: ClassVar[str] = ""  # appended to "copy SOURCE to TARGET" in error messages
+    max_parallel: ClassVar[int | None] = None  # images in flight at most, whatever copy.concurrency says
+
+    def __init__(self, settings: MirrorSettings, *, keychain: Keychain | None = None,
                  progress: Progress | None = None):
-        self.config = config
-        self._credentials = credentials or default_credentials(config)
+        self.settings = settings
+        self.keychain = keychain or default_keychain(settings)
         self._progress = progress
         self._lock = threading.Lock()
         self._clients: dict[str, RegistryClient] = {}
 
-    def client(self, host: str) -> RegistryClient:
-        """One client per registry host: its token cache and request limit are shared."""
-        with self._lock:
-            client = self._clients.get(host)
-            if client is None:
-                copy = self.config.copy
-                client = RegistryClient(host, self.config.registry(host), credentials=self._credentials(host),
-                                        timeout=copy.timeout, retries=copy.retries,
-                                        max_in_flight=copy.per_registry_limit)
-                self._clients[host] = client
-            return client
+    # -- what the pipeline calls --------------------------------------------------------------
 
-    def _copy(self, mapping: Mapping, result: CopyResult) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def status(self, mapping: Mapping) -> CopyResult:
+        """Dry run: the source digest, and whether the target holds it ("present") or would get
+        it ("planned"). Reads only; never raises for a registry failure ("failed" with error)."""
 
-    def _workers(self, count: int) -> int:
-        return self.config.copy.concurrency
+    @abstractmethod
+    def verify(self, mapping: Mapping, digest: str | None = None) -> bool:
+        """Whether the target holds the source's image (`digest`: the source digest to compare
+        with; default: what the source reference names now). Absence is False; registry trouble
+        while looking raises an AcrMirrorError."""
 
-    def copy(self, mapping: Mapping) -> CopyResult:
-        """Copy one image and report; never raises for a registry or daemon failure."""
-        from .copy import CopyResult
-
-        result = CopyResult(str(mapping.source), str(mapping.target))
-        started = time.monotonic()
-        self._emit("start", {"source": result.source, "target": result.target, "engine": self.name})
-        try:
-            self._copy(mapping, result)
-        except Exception as exc:  # one failing image must not stop the others
-            result.status = "failed"
-            result.error = self.describe(exc, f"copy {mapping.source} to {mapping.target}{self.doing}")
-        result.seconds = round(time.monotonic() - started, 3)
-        result.rate_limit = self._rate_limit(mapping)
-        self._emit("done", result.as_json())
-        return result
+    def written_target(self, target: ImageRef) -> ImageRef:
+        """The reference manifests may say once `verify` holds: the target as mapped, unless
+        this engine's copies change digests."""
+        return target
 
     def copy_all(self, mappings: Sequence[Mapping], *, fail_fast: bool = False) -> list[CopyResult]:
         """Copy many images, a bounded number at a time; results in the input order."""
-        from .copy import CopyResult
-
         stop = threading.Event()
 
         def run(mapping: Mapping) -> CopyResult:
@@ -99,7 +113,7 @@ class Engine:
                 stop.set()
             return result
 
-        workers = max(1, self._workers(len(mappings)))
+        workers = max(1, min(self.settings.copy.concurrency, self.max_parallel or len(mappings) or 1))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.name}-image") as pool:
             return list(pool.map(run, mappings))
 
@@ -115,11 +129,46 @@ class Engine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def describe(self, exc: BaseException, doing: str) -> str:
-        """One line for a failure: the error's own when it says what was done, else doing: cause."""
-        if isinstance(exc, self.complete_errors):
+    # -- shared by the engines ----------------------------------------------------------------
+
+    @abstractmethod
+    def _copy(self, mapping: Mapping, result: CopyResult) -> None:
+        """Copy one image, filling in `result`; raise on failure."""
+
+    def copy(self, mapping: Mapping) -> CopyResult:
+        """Copy one image and report; never raises for a registry or daemon failure."""
+        result = CopyResult(str(mapping.source), str(mapping.target))
+        started = time.monotonic()
+        self._emit("start", {"source": result.source, "target": result.target, "engine": self.name})
+        try:
+            self._copy(mapping, result)
+        except Exception as exc:  # one failing image must not stop the others
+            result.status = "failed"
+            result.error = self.describe(exc, f"copy {mapping.source} to {mapping.target}{self.doing}")
+        result.seconds = round(time.monotonic() - started, 3)
+        result.rate_limit = self._rate_limit(mapping)
+        self._emit("done", result.as_json())
+        return result
+
+    def client(self, host: str) -> RegistryClient:
+        """One client per registry host: its token cache and request limit are shared."""
+        with self._lock:
+            client = self._clients.get(host)
+            if client is None:
+                copy = self.settings.copy
+                client = RegistryClient(host, self.settings.registry(host), credentials=self.keychain.resolve(host),
+                                        timeout=copy.timeout, retries=copy.retries,
+                                        max_in_flight=copy.per_registry_limit)
+                self._clients[host] = client
+            return client
+
+    @staticmethod
+    def describe(exc: BaseException, doing: str) -> str:
+        """One line for a failure: an AcrMirrorError's own message says what was done (its
+        operation), anything else gets "doing: cause"."""
+        if isinstance(exc, AcrMirrorError) and exc.names_operation:
             return str(exc)
-        if type(exc).__name__ == "CredentialError":
+        if isinstance(exc, AcrMirrorError):
             return f"{doing}: {exc}"
         return f"{doing}: {type(exc).__name__}: {exc}"
 
@@ -129,7 +178,7 @@ class Engine:
             client = self._clients.get(mapping.source.registry)
         return client.rate_limit if client else None
 
-    def _emit(self, event: str, data: dict[str, Any]) -> None:
+    def _emit(self, event: str, data: AbcMapping[str, Any]) -> None:
         if self._progress is not None:
             with contextlib.suppress(Exception):  # a broken display must not fail a copy
                 self._progress(event, data)

@@ -36,22 +36,23 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from manifests_rewriter.config import Config, DockerSettings
+from manifests_rewriter.errors import AcrMirrorError
 from manifests_rewriter.model import Mapping
-from manifests_rewriter.reference import ImageRef
+from manifests_rewriter.reference import DOCKER_HUB, ImageRef, is_digest
 
-from . import retry
-from .copy import CopyResult
-from .engine import Engine, Progress
-from .registry.client import Repository
-from .registry.errors import RegistryError
-from .registry.media import DOCKER_MANIFEST, Descriptor, Manifest, digest_tag, platform_matches
+from .. import retry
+from ..registry.client import Repository
+from ..registry.credentials import Credentials, Keychain
+from ..registry.errors import RegistryError
+from ..registry.media import DOCKER_MANIFEST, Descriptor, Manifest, digest_tag, platform_matches
+from ..settings import DockerSettings, MirrorSettings
+from .base import CopyResult, Engine, Progress
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +60,15 @@ ACR_TOKEN_USERNAME = "00000000-0000-0000-0000-000000000000"  # `az acr login`: r
 MAX_PARALLEL = 4  # images in flight at once: a daemon serializes much of the work anyway
 STREAM_TIMEOUT = 900.0  # seconds a daemon call may stay silent (podman reports a push only when it ends)
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
-_DIGEST = r"sha(?:256|384|512):[0-9a-f]{64,128}"
-_PUSHED_DIGEST = re.compile(rf"digest: ({_DIGEST})")  # "1.0: digest: sha256:... size: 734" (both daemons)
-_PULLED_DIGEST = re.compile(rf"^Digest: ({_DIGEST})")  # dockerd's pull stream
+_PUSHED_DIGEST = re.compile(r"digest: (\S+)")  # "1.0: digest: sha256:... size: 734" (both daemons)
+_PULLED_DIGEST = re.compile(r"^Digest: (\S+)")  # dockerd's pull stream
 _PLAIN_HTTP = ("server gave HTTP response to HTTPS client", "http: server gave HTTP response")
 
 
-class DockerEngineError(Exception):
+class DockerEngineError(AcrMirrorError):
     """One step of the Docker-engine path failed; the message reads "doing what: cause"."""
+
+    names_operation = True
 
 
 class PlatformError(DockerEngineError):
@@ -125,7 +127,7 @@ class _Plan:
 
     @property
     def pull_ref(self) -> str:
-        separator = "@" if re.fullmatch(_DIGEST, self.pull_reference) else ":"
+        separator = "@" if is_digest(self.pull_reference) else ":"
         return f"{self.pull_name}{separator}{self.pull_reference}"
 
     @property
@@ -219,13 +221,15 @@ class DockerEngine(Engine):
     """
 
     name = "docker"
+    preserves_digests = False  # daemons re-serialize manifests and recompress layers on push
+    preserves_platforms = False  # one platform of an index
     doing = " with the Docker engine"
-    complete_errors = (RegistryError, DockerEngineError)
+    max_parallel = MAX_PARALLEL
 
-    def __init__(self, config: Config, *, credentials: Callable[[str], Any] | None = None,
+    def __init__(self, settings: MirrorSettings, *, keychain: Keychain | None = None,
                  progress: Progress | None = None, client: Any = None):
-        super().__init__(config, credentials=credentials, progress=progress)
-        self.settings: DockerSettings = config.docker
+        super().__init__(settings, keychain=keychain, progress=progress)
+        self.docker: DockerSettings = settings.docker
         self._api = client
         self._daemon: DaemonInfo | None = None
         self._api_lock = threading.Lock()
@@ -248,9 +252,6 @@ class DockerEngine(Engine):
             if self._daemon is None:
                 self._connect()
             return self._api
-
-    def _workers(self, count: int) -> int:
-        return min(self.config.copy.concurrency, MAX_PARALLEL, count or 1)
 
     def status(self, mapping: Mapping) -> CopyResult:
         """Dry run: the source digest and whether the target already holds the same image
@@ -294,9 +295,18 @@ class DockerEngine(Engine):
         if held is None or held.config_digest != source.image.config_digest:
             return False
         pinned = mapping.target.digest
-        if pinned and not self.settings.allow_digest_change:
+        if pinned and not self.docker.allow_digest_change:
             return held.manifest_digest == pinned or self._repo(mapping.target).head_manifest(pinned) is not None
         return True
+
+    def written_target(self, target: ImageRef) -> ImageRef:
+        """Daemons re-serialize manifests, so a pinned source digest does not exist in the target:
+        such references are written by tag (a digest-only one by its `sha256-<hex>` tag).
+        `verify` lets them through only with docker.allow_digest_change."""
+        if not target.digest:
+            return target
+        tag = target.tag or digest_tag(target.digest)
+        return ImageRef(target.registry, target.repository, tag, None, original=f"{target.name}:{tag}")
 
     def close(self) -> None:
         super().close()
@@ -311,7 +321,7 @@ class DockerEngine(Engine):
     def _connect(self) -> None:
         import docker  # this module is the only user of the docker package
 
-        kwargs = client_kwargs(self.settings)
+        kwargs = client_kwargs(self.docker)
         where = kwargs.get("base_url") or "the default socket (unix:///var/run/docker.sock)"
         try:
             if self._api is None:
@@ -416,7 +426,7 @@ class DockerEngine(Engine):
     def _fidelity_warnings(self, mapping: Mapping, found: SourceImage | None) -> list[str]:
         warnings = []
         daemon = self.daemon
-        wanted = self.config.copy.platforms or ()
+        wanted = self.settings.copy.platforms or ()
         if found is not None and found.is_index and len(found.platforms) > 1:
             dropped = [p for p in found.platforms if p != found.image.platform]
             warnings.append(f"{mapping.source} is a multi-platform index ({', '.join(found.platforms)}): the Docker "
@@ -436,7 +446,7 @@ class DockerEngine(Engine):
     def _pinned_note(self, digest: str) -> str:
         text = (f"the source is pinned to {digest}: after the Docker engine the target cannot hold that digest, so a "
                 "reference pinned to it cannot be rewritten to the same digest")
-        if self.settings.allow_digest_change:
+        if self.docker.allow_digest_change:
             return text + " (docker.allow_digest_change: it is rewritten by tag)"
         return text + " (set docker.allow_digest_change to rewrite it by tag, or use copy.engine: registry)"
 
@@ -450,7 +460,7 @@ class DockerEngine(Engine):
 
     def _daemon_host(self, host: str) -> str:
         """The host name a daemon pulls from or pushes to: the endpoint's, when one is configured."""
-        endpoint = (self.config.registry(host).endpoint or "").strip()
+        endpoint = (self.settings.registry(host).endpoint or "").strip()
         if not endpoint:
             return host
         split = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
@@ -494,12 +504,11 @@ class DockerEngine(Engine):
             aux = item.get("aux") or {}
             if action == "push":
                 match = _PUSHED_DIGEST.search(status)
-                if isinstance(aux, dict) and aux.get("Digest"):
-                    seen.digest = str(aux["Digest"])
-                elif match:
-                    seen.digest = match.group(1)
-            elif match := _PULLED_DIGEST.match(status):
-                seen.digest = match.group(1)
+                found = aux.get("Digest") if isinstance(aux, dict) and aux.get("Digest") else match and match.group(1)
+            else:
+                found = (match := _PULLED_DIGEST.match(status)) and match.group(1)
+            if found and is_digest(found):
+                seen.digest = str(found)
             if layer and status and re.fullmatch(r"[0-9a-f]{12}", layer):
                 seen.layers[layer] = status
                 if isinstance(detail, dict) and detail.get("total"):
@@ -596,16 +605,27 @@ class DockerEngine(Engine):
     def _auth_config(self, host: str) -> dict[str, str]:
         """The registry credentials for `host`, as the Engine API takes them per call (X-Registry-Auth).
         An empty dict is anonymous (docker-py would otherwise read ~/.docker/config.json itself)."""
-        creds = self._credentials(host)
-        if creds is None:
-            return {}
-        token = creds.refresh_token() if hasattr(creds, "refresh_token") else None
+        creds: Credentials = self.client(host).auth.credentials
+        token = self._refresh_token(host, creds)
         if token:  # as `az acr login` stores it: the refresh token is the identity token
             return {"username": ACR_TOKEN_USERNAME, "password": token, "identitytoken": token, "serveraddress": host}
-        basic = getattr(creds, "basic", None)
-        if basic is not None:
-            return {"username": basic.username, "password": basic.password, "serveraddress": host}
+        if creds.basic is not None:
+            return {"username": creds.basic.username, "password": creds.basic.password, "serveraddress": host}
         return {}
+
+    def _refresh_token(self, host: str, creds: Credentials) -> str | None:
+        """The identity token a daemon can present for `host`: a Docker identity token as it is,
+        or for Entra ID the ACR refresh token the registry client exchanged for it."""
+        client = self.client(host)
+        if client.auth.acr is not None:
+            challenge = client.auth.challenge
+            if challenge is None:
+                client.ping()
+                challenge = client.auth.challenge
+            realm = challenge.realm if challenge else None
+            service = challenge.params.get("service") if challenge else None
+            return client.auth.acr.refresh_token(client.base_url, realm, service)
+        return creds.identity_token
 
     # -- the registries (read only, through the registry client) ------------------------------------
 
@@ -642,7 +662,7 @@ class DockerEngine(Engine):
     def _choose(self, index: Manifest, ref: ImageRef | str, platform: str | None = None) -> Descriptor:
         """The index child this path copies: `platform` if given, else the first of `copy.platforms`
         the index has, else the daemon's platform."""
-        wanted = [platform] if platform else list(self.config.copy.platforms or ()) or [self.daemon.platform]
+        wanted = [platform] if platform else list(self.settings.copy.platforms or ()) or [self.daemon.platform]
         children = [c for c in index.children if c.platform and not c.platform.startswith("unknown/")]
         for want in wanted:
             for child in children:
@@ -685,7 +705,7 @@ class DockerEngine(Engine):
             with repo.open_blob(desc.digest, desc.size) as stream:
                 return b"".join(stream.chunks())
 
-        return retry.call(attempt, retries=self.config.copy.retries)
+        return retry.call(attempt, retries=self.settings.copy.retries)
 
     def _target_image(self, target: ImageRef, tag: str, platform: str) -> ImageFacts | None:
         """The image the target holds under `tag` (for an index: its `platform` child); None if absent."""
@@ -782,9 +802,9 @@ def _api_client(kwargs: dict[str, Any]) -> Any:
 
 def _docker_io_short(name: str) -> str:
     """dockerd lists Docker Hub images by their short names (nginx:1, team/app:1)."""
-    if not name.startswith("docker.io/"):
+    if not name.startswith(f"{DOCKER_HUB}/"):
         return name
-    return name.removeprefix("docker.io/").removeprefix("library/")
+    return name.removeprefix(f"{DOCKER_HUB}/").removeprefix("library/")
 
 
 def _daemon_message(exc: BaseException) -> str:

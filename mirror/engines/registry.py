@@ -1,4 +1,5 @@
-"""The copy engine: images from their registries into the target, digests preserved.
+"""The registry engine (`copy.engine: registry`, the default): images from their registries into
+the target over the OCI distribution API, digests and platforms preserved.
 
 Rules (issue 3):
 - manifests are copied byte for byte; an index with every child, or, when `copy.platforms`
@@ -23,45 +24,21 @@ import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from manifests_rewriter.config import Config
 from manifests_rewriter.model import Mapping
 from manifests_rewriter.reference import ImageRef
 
-from . import retry
-from .engine import Engine, Progress
-from .registry.client import RegistryClient, Repository
-from .registry.errors import RegistryError
-from .registry.media import OCI_INDEX, Descriptor, Manifest, digest_tag, filter_index, referrers_index
+from .. import retry
+from ..registry.client import RegistryClient, Repository
+from ..registry.credentials import Keychain
+from ..registry.errors import RegistryError
+from ..registry.media import OCI_INDEX, Descriptor, Manifest, digest_tag, filter_index, referrers_index
+from ..settings import MirrorSettings
+from .base import CopyResult, Engine, Progress
 
 SIGNATURE_SUFFIXES = (".sig", ".att", ".sbom")  # cosign's tags next to an image: sha256-<hex>.sig
-
-
-@dataclass
-class CopyResult:
-    source: str
-    target: str
-    status: str = "failed"  # copied | present | failed | planned
-    digest: str | None = None  # the source manifest's digest
-    target_digest: str | None = None  # what the target holds; differs only when platforms were filtered
-    platforms: list[str] = field(default_factory=list)
-    bytes_moved: int = 0
-    blobs_copied: int = 0
-    blobs_skipped: int = 0
-    blobs_mounted: int = 0
-    referrers: int = 0  # referrers and signature manifests copied along
-    error: str | None = None
-    note: str | None = None
-    rate_limit: str | None = None
-    seconds: float = 0.0
-
-    def as_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def add_note(self, text: str) -> None:
-        self.note = f"{self.note}; {text}" if self.note else text
 
 
 @dataclass(frozen=True)
@@ -94,17 +71,22 @@ class _Tally:
                 self.result.blobs_skipped += 1
 
 
-class CopyEngine(Engine):
+class RegistryEngine(Engine):
     """Copies mappings (source ImageRef → target ImageRef). Thread-safe; one per run, so
     the knowledge of where each digest lives in the target is shared by all its images."""
 
-    def __init__(self, config: Config, *, credentials: Callable[[str], Any] | None = None,
+    name = "registry"
+    preserves_digests = True
+    preserves_platforms = True
+
+    def __init__(self, settings: MirrorSettings, *, keychain: Keychain | None = None,
                  progress: Progress | None = None):
-        super().__init__(config, credentials=credentials, progress=progress)
-        self.settings = config.copy
+        super().__init__(settings, keychain=keychain, progress=progress)
+        self.copy_settings = settings.copy
         # Blob workers often just wait for another image's transfer of a shared layer, so there
         # are more of them than transfers; the per-host request limit bounds real transfers.
-        self._blob_pool = ThreadPoolExecutor(max_workers=4 * self.settings.concurrency, thread_name_prefix="blob")
+        self._blob_pool = ThreadPoolExecutor(max_workers=4 * self.copy_settings.concurrency,
+                                             thread_name_prefix="blob")
         self._where: dict[tuple[str, str], set[str]] = {}  # (target host, digest) -> repositories holding it
         self._in_flight: dict[tuple[str, str], Future[str]] = {}
         self._manifests_done: set[tuple[str, str, str]] = set()  # (host, repository, digest) put this run
@@ -162,12 +144,12 @@ class CopyEngine(Engine):
         tag = target.tag or (digest_tag(digest) if target.digest else "latest")
         manifest = top = None
         kept = None
-        if self.settings.platforms:
+        if self.copy_settings.platforms:
             manifest = src.get_manifest(digest)  # the new index's digest depends on its bytes
             if manifest.is_index:
-                top, children = filter_index(manifest, self.settings.platforms)
+                top, children = filter_index(manifest, self.copy_settings.platforms)
                 if not top.platforms and manifest.platforms:
-                    raise RegistryError(f"filter {source} to {', '.join(self.settings.platforms)}",
+                    raise RegistryError(f"filter {source} to {', '.join(self.copy_settings.platforms)}",
                                         message=f"no such platform (it has {', '.join(manifest.platforms)})")
                 kept = tuple(children)
                 if top.digest == manifest.digest:
@@ -209,7 +191,7 @@ class CopyEngine(Engine):
         self._copy_contents(tally, src, dst, manifest, plan.kept)
         if plan.top is not None:
             result.add_note("children and blobs of the source index outside the platforms were not copied")
-        if self.settings.signatures:
+        if self.copy_settings.signatures:
             companions = self._discover_companions(src, manifest, plan.kept, result)
             if companions:
                 # The image by digest first: referrers may need their subject to exist.
@@ -316,7 +298,7 @@ class CopyEngine(Engine):
         self._retry(attempt)
 
     def _retry(self, fn: Callable[[], Any]) -> Any:
-        return retry.call(fn, retries=self.settings.retries)
+        return retry.call(fn, retries=self.copy_settings.retries)
 
     # -- signatures and referrers ---------------------------------------------------------------
 

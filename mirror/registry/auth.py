@@ -1,39 +1,32 @@
-"""Registry authentication: the WWW-Authenticate challenge, Basic, and Bearer tokens.
+"""Registry authentication: the WWW-Authenticate challenge (the one parser), Basic, Bearer tokens.
 
 Token flows (distribution token spec, OAuth2 for ACR):
 - GET <realm>?service=&scope=... with Basic credentials, or anonymously;
-- POST <realm> grant_type=refresh_token when the credentials carry a refresh token
-  (ACR: an Entra ID token exchanged at /oauth2/exchange by the credentials provider).
-Tokens are cached per scope set and reused until shortly before `expires_in` runs out.
+- POST <realm> grant_type=refresh_token when the credentials carry a refresh token: a Docker
+  identity token, or for Entra ID the refresh token ACR exchanges it for (mirror.registry.acr).
+Token requests go through the host's Transport (limits, counters, bounded answers). Tokens are
+cached per scope set and reused until shortly before `expires_in` runs out.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+from .acr import AcrExchange
+from .credentials import ANONYMOUS, Credentials
 from .errors import RegistryError, status_error
+from .transport import Transport
 
 DEFAULT_TOKEN_LIFETIME = 60.0  # distribution token spec: assume 60 s when expires_in is absent
 _EXPIRY_MARGIN = 10.0  # refresh this long before expiry (clock skew, request time)
-
-
-class BasicLike(Protocol):
-    username: str
-    password: str
-
-
-class CredentialsLike(Protocol):
-    """What mirror.registry.credentials.Credentials provides for one registry host."""
-
-    basic: BasicLike | None
-
-    def refresh_token(self) -> str | None: ...
+MAX_TOKEN_RESPONSE = 256 * 1024  # a registry token is a few KiB; anything larger is not one
 
 
 @dataclass(frozen=True)
@@ -89,19 +82,19 @@ class _Token:
     expires_at: float
 
 
-# A token request: (method, url, form or query params, headers) -> (status, json body or None, raw)
-TokenSender = Callable[[str, str, dict[str, Any], dict[str, str]], tuple[int, Any, bytes]]
-
-
 class Authenticator:
-    """Authorization headers for one registry host; thread-safe, tokens cached per scope."""
+    """Authorization headers for one registry host; thread-safe, tokens cached per scope.
+    `base_url()` gives the registry's base URL (its origin is where Basic credentials go)."""
 
-    def __init__(self, host: str, credentials: CredentialsLike | None, send: TokenSender,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, host: str, credentials: Credentials | None, transport: Transport,
+                 base_url: Callable[[], str], clock: Callable[[], float] = time.monotonic):
         self.host = host
-        self.credentials = credentials
-        self._send = send
+        self.credentials = credentials or ANONYMOUS
+        self.transport = transport
+        self._base_url = base_url
         self._clock = clock
+        self.acr = (AcrExchange(host, self.credentials.entra_id, transport, tenant=self.credentials.tenant)
+                    if self.credentials.entra_id is not None else None)
         self._challenge: Challenge | None = None
         self._tokens: dict[tuple[str, ...], _Token] = {}
         self._lock = threading.Lock()
@@ -124,7 +117,7 @@ class Authenticator:
         challenge = self._challenge
         if challenge is None:
             return None
-        basic = self.credentials.basic if self.credentials else None
+        basic = self.credentials.basic
         if challenge.scheme == "basic":
             return basic_header(basic.username, basic.password) if basic else None
         return "Bearer " + self._token(tuple(sorted(set(scopes))))
@@ -149,13 +142,37 @@ class Authenticator:
                 self._tokens[key] = token
             return token.value
 
+    def _request(self, method: str, realm: str, values: dict[str, Any],
+                 authorization: str | None = None) -> tuple[int, Any, bytes]:
+        """One token request through the host's transport; the answer read bounded."""
+        operation = f"get a token from {self.host}"
+        form = values if method == "POST" else None
+        params = values if method == "GET" else None
+        with self.transport.slot():
+            response = self.transport.send(method, realm, operation, data=form, params=params,
+                                           authorization=authorization, stream=True)
+            try:
+                raw = Transport.read_limited(response, MAX_TOKEN_RESPONSE, operation,
+                                             f"the answer of the token endpoint {realm.split('?')[0]}")
+            finally:
+                response.close()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        return response.status_code, body, raw
+
+    def _refresh_token(self, challenge: Challenge) -> str | None:
+        if self.acr is not None:
+            return self.acr.refresh_token(self._base_url(), challenge.realm, challenge.params.get("service"))
+        return self.credentials.identity_token
+
     def _post_refresh(self, realm: str, service: str | None, scopes: tuple[str, ...],
-                      refresh: str | None) -> tuple[int, Any, bytes]:
-        form: dict[str, Any] = {"grant_type": "refresh_token", "refresh_token": refresh or "",
-                                "scope": " ".join(scopes)}
+                      refresh: str) -> tuple[int, Any, bytes]:
+        form: dict[str, Any] = {"grant_type": "refresh_token", "refresh_token": refresh, "scope": " ".join(scopes)}
         if service:
             form["service"] = service
-        return self._send("POST", realm, form, {})
+        return self._request("POST", realm, form)
 
     def _fetch(self, scopes: tuple[str, ...]) -> _Token:
         challenge = self._challenge
@@ -165,22 +182,21 @@ class Authenticator:
         if not realm:
             raise RegistryError(operation, message="the Bearer challenge has no realm")
         service = challenge.params.get("service")
-        refresh = self.credentials.refresh_token() if self.credentials else None
-        basic = self.credentials.basic if self.credentials else None
         started = self._clock()
         self.token_requests += 1
+        refresh = self._refresh_token(challenge)
         if refresh:
             status, body, raw = self._post_refresh(realm, service, scopes, refresh)
-            invalidate = getattr(self.credentials, "invalidate", None)
-            if status == 401 and invalidate is not None and self.credentials is not None:
-                invalidate()  # an exchanged refresh token the realm no longer takes: exchange anew, once
-                status, body, raw = self._post_refresh(realm, service, scopes, self.credentials.refresh_token())
+            if status == 401 and self.acr is not None:
+                self.acr.invalidate()  # an exchanged refresh token the realm no longer takes: exchange anew, once
+                status, body, raw = self._post_refresh(realm, service, scopes, self._refresh_token(challenge) or "")
         else:
             params: dict[str, Any] = {"scope": list(scopes)}
             if service:
                 params["service"] = service
-            headers = {"Authorization": basic_header(basic.username, basic.password)} if basic else {}
-            status, body, raw = self._send("GET", realm, params, headers)
+            basic = self.credentials.basic
+            status, body, raw = self._request("GET", realm, params,
+                                              basic_header(basic.username, basic.password) if basic else None)
         if status != 200:
             error = status_error(operation, status, raw)
             if status in (401, 403):

@@ -1,21 +1,18 @@
-"""A client for the OCI distribution API (one registry host), on httpx.
+"""A client for the OCI distribution API (one registry host).
 
-One `RegistryClient` per registry host holds that host's connection pool, TLS settings,
-authentication and request limit; `client.repo(name)` gives a `Repository` handle whose
-methods are the API calls. Idempotent calls (HEAD/GET/PUT manifest, HEAD blob, tag list,
-referrers) retry by themselves (mirror.retry); streaming and upload calls do not: the
-caller retries a whole blob transfer, so retries never nest.
+One `RegistryClient` per registry host holds that host's Transport (connections, TLS,
+request limit, counters), authentication and retries; `client.repo(name)` gives a
+`Repository` handle whose methods are the API calls. Idempotent calls (HEAD/GET/PUT
+manifest, HEAD blob, tag list, referrers) retry by themselves (mirror.retry); streaming and
+upload calls do not: the caller retries a whole blob transfer, so retries never nest.
 
-Per host settings (RegistrySettings): `endpoint` sends requests elsewhere while image
-names stay those of the host; `insecure` allows plain HTTP or unverified TLS for that
-host only (https is tried first unless the endpoint says http); `ca_file` trusts a CA.
+Per host settings (RegistrySettings): see mirror.registry.transport for `endpoint`,
+`insecure` and `ca_file`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import ssl
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -24,21 +21,17 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
-import httpx
-
-from manifests_rewriter.config import RegistrySettings
+from manifests_rewriter.reference import is_digest
 
 from .. import retry
-from .auth import Authenticator, CredentialsLike, scope
+from ..settings import RegistrySettings
+from .auth import Authenticator, scope
+from .credentials import Credentials
 from .errors import RegistryError, status_error
 from .media import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest, digest_tag, parse_manifest
+from .transport import HostLimiter, Response, Transport, base_urls
 
-USER_AGENT = "acr-mirror/0.1"
-MAX_REDIRECTS = 5
-MAX_TOKEN_RESPONSE = 256 * 1024  # a registry token is a few KiB; anything larger is not one
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 TAG_PAGE = 1000
-DOCKER_HUB_API = {"docker.io": "registry-1.docker.io"}  # image names say docker.io; the API lives here
 
 
 def _hasher(digest: str) -> Any:
@@ -50,29 +43,6 @@ def _hasher(digest: str) -> Any:
 
 def compute_digest(data: bytes, algorithm: str = "sha256") -> str:
     return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
-
-
-class HostLimiter:
-    """At most `limit` requests in flight to one host. Re-entrant per thread, so a thread
-    that holds a slot (a blob stream) can make further requests to the same host."""
-
-    def __init__(self, limit: int):
-        self.limit = max(1, limit)
-        self._semaphore = threading.BoundedSemaphore(self.limit)
-        self._local = threading.local()
-
-    @contextmanager
-    def slot(self) -> Iterator[None]:
-        depth = getattr(self._local, "depth", 0)
-        if depth == 0:
-            self._semaphore.acquire()
-        self._local.depth = depth + 1
-        try:
-            yield
-        finally:
-            self._local.depth = depth
-            if depth == 0:
-                self._semaphore.release()
 
 
 @dataclass(frozen=True)
@@ -95,7 +65,7 @@ class BlobStream:
     streaming; the last piece is held back until the whole body is verified, so an upload
     fed from it never receives its final byte when the content is wrong."""
 
-    def __init__(self, response: httpx.Response, digest: str, size: int, operation: str):
+    def __init__(self, response: Response, digest: str, size: int, operation: str):
         self.response = response
         self.digest = digest
         self.size = size
@@ -105,20 +75,17 @@ class BlobStream:
         hasher = _hasher(self.digest)
         received = 0
         held: bytes | None = None
-        try:
-            for piece in self.response.iter_raw():
-                if not piece:
-                    continue
-                if held is not None:
-                    yield held
-                hasher.update(piece)
-                received += len(piece)
-                if received > self.size >= 0:
-                    raise RegistryError(self.operation, codes=("SIZE_INVALID",),
-                                        message=f"more than the expected {self.size} bytes")
-                held = piece
-        except httpx.HTTPError as exc:
-            raise _transport_error(self.operation, exc) from None
+        for piece in Transport.body(self.response, self.operation):
+            if not piece:
+                continue
+            if held is not None:
+                yield held
+            hasher.update(piece)
+            received += len(piece)
+            if received > self.size >= 0:
+                raise RegistryError(self.operation, codes=("SIZE_INVALID",),
+                                    message=f"more than the expected {self.size} bytes")
+            held = piece
         if self.size >= 0 and received != self.size:
             raise RegistryError(self.operation, message=f"body ended after {received} of {self.size} bytes",
                                 retryable=True)
@@ -134,57 +101,31 @@ class RegistryClient:
     """Talks to one registry host. Thread-safe; share one per host."""
 
     def __init__(self, host: str, settings: RegistrySettings | None = None, *,
-                 credentials: CredentialsLike | None = None, timeout: float = 60.0, retries: int = 5,
+                 credentials: Credentials | None = None, timeout: float = 60.0, retries: int = 5,
                  max_in_flight: int = 8, sleep: Callable[[float], None] | None = None):
         self.host = host
         self.settings = settings or RegistrySettings()
         self.retries = retries
-        self.limiter = HostLimiter(max_in_flight)
-        self.requests: Counter[str] = Counter()  # method -> requests sent to the registry (not tokens)
+        self.transport = Transport(host, self.settings, timeout=timeout, max_in_flight=max_in_flight)
+        self.transport.observers.append(self._observe)
         self.rate_limit: str | None = None  # Docker Hub's ratelimit-limit / ratelimit-remaining, last seen
         self.supports_referrers: bool | None = None
         self._sleep = sleep
-        self._timeout = httpx.Timeout(timeout, connect=min(timeout, 15.0))
-        self._pool_size = max(20, 2 * self.limiter.limit)
-        self._http = self._new_http(self._verify())
-        self._foreign: httpx.Client | None = None  # for redirects to other hosts: default TLS checks
         self._base: str | None = None
         self._ping_lock = threading.Lock()
-        self._foreign_lock = threading.Lock()
-        self._count_lock = threading.Lock()
-        self.auth = Authenticator(host, credentials, self._token_request)
+        self.auth = Authenticator(host, credentials, self.transport, lambda: self.base_url)
 
-    # -- setup -------------------------------------------------------------------------
+    @property
+    def limiter(self) -> HostLimiter:
+        return self.transport.limiter
 
-    def _verify(self) -> ssl.SSLContext | bool:
-        if self.settings.insecure:
-            return False
-        context = ssl.create_default_context()
-        if self.settings.ca_file:
-            try:
-                context.load_verify_locations(cafile=self.settings.ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise RegistryError(f"load CA file for {self.host}", message=str(exc)) from None
-        return context
-
-    def _new_http(self, verify: ssl.SSLContext | bool) -> httpx.Client:
-        return httpx.Client(
-            verify=verify, timeout=self._timeout, follow_redirects=False,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=self._pool_size),
-            headers={"User-Agent": USER_AGENT},
-        )
-
-    def _candidates(self) -> list[str]:
-        endpoint = (self.settings.endpoint or "").rstrip("/")
-        if endpoint.startswith(("http://", "https://")):
-            return [endpoint]
-        target = endpoint or DOCKER_HUB_API.get(self.host, self.host)
-        return [f"https://{target}"] + ([f"http://{target}"] if self.settings.insecure else [])
+    @property
+    def requests(self) -> Counter[str]:
+        """Requests sent to this host, by method (token requests included)."""
+        return self.transport.requests
 
     def close(self) -> None:
-        self._http.close()
-        if self._foreign is not None:
-            self._foreign.close()
+        self.transport.close()
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -197,7 +138,7 @@ class RegistryClient:
 
     @contextmanager
     def slot(self) -> Iterator[None]:
-        with self.limiter.slot():
+        with self.transport.slot():
             yield
 
     # -- ping ----------------------------------------------------------------------------
@@ -216,23 +157,20 @@ class RegistryClient:
                 retry.call(self._ping_once, retries=self.retries, sleep=self._sleep)
 
     def _ping_once(self) -> None:
-        candidates = self._candidates()
+        candidates = base_urls(self.host, self.settings)
         for index, base in enumerate(candidates):
             operation = f"ping {self.host} at {base}"
             try:
-                with self.limiter.slot():
-                    response = self._http.get(f"{base}/v2/")
-                    response.read()
-            except httpx.HTTPError as exc:
-                if index + 1 < len(candidates) and isinstance(exc, httpx.ConnectError | httpx.RemoteProtocolError
-                                                              | httpx.ReadError):
+                with self.transport.slot():
+                    response = self.transport.send("GET", f"{base}/v2/", operation)
+            except RegistryError as error:
+                if index + 1 < len(candidates) and error.transport in ("connect", "tls"):
                     continue  # insecure host: fall back to plain HTTP
-                error = _transport_error(operation, exc)
-                if base.startswith("https://") and not self.settings.insecure and _is_tls_error(exc):
-                    error = RegistryError(operation, message=error.message + f" (set registries.{self.host}.ca_file "
-                                          "for a private CA, or insecure: true for plain HTTP or unverified TLS)")
-                raise error from None
-            self._observe(response)
+                if error.transport == "tls" and base.startswith("https://") and not self.settings.insecure:
+                    raise RegistryError(operation, message=error.message + f" (set registries.{self.host}.ca_file "
+                                        "for a private CA, or insecure: true for plain HTTP or unverified TLS)",
+                                        transport="tls") from None
+                raise
             if response.status_code == 401:
                 self.auth.set_challenge(response.headers.get("www-authenticate"))
             elif response.status_code != 200:
@@ -243,101 +181,38 @@ class RegistryClient:
 
     # -- requests ------------------------------------------------------------------------
 
-    def _same_host(self, url: str) -> bool:
-        return urlsplit(url).netloc == urlsplit(self.base_url).netloc
-
-    def _observe(self, response: httpx.Response) -> None:
+    def _observe(self, response: Response) -> None:
         limit, remaining = response.headers.get("ratelimit-limit"), response.headers.get("ratelimit-remaining")
         if limit or remaining:
             self.rate_limit = f"limit {limit or '?'}, remaining {remaining or '?'}"
 
     def send(self, method: str, url: str, operation: str, scopes: tuple[str, ...], *,
              headers: dict[str, str] | None = None, content: Any = None,
-             follow: bool = False, stream: bool = False) -> httpx.Response:
+             follow: bool = False, stream: bool = False) -> Response:
         """One request with authentication: a 401 gets one more try with a fresh token;
-        GET/HEAD redirects are followed when `follow`, and the Authorization header is sent
-        only to the registry's own host. With `stream` the caller closes the response."""
+        GET/HEAD redirects are followed when `follow`, the Authorization header going only to
+        the registry's own origin. With `stream` the caller closes the response."""
+        base = self.base_url
         if not url.startswith(("http://", "https://")):
-            url = self.base_url + url
+            url = base + url
         replayable = content is None or isinstance(content, bytes | str)
-        hops = 0
         for attempt in (1, 2):
-            request_url = url
-            while True:
-                request_headers = dict(headers or {})
-                client = self._http
-                if self._same_host(request_url):
-                    authorization = self.auth.authorization(scopes)
-                    if authorization:
-                        request_headers["Authorization"] = authorization
-                else:
-                    client = self._foreign_client()
-                request = client.build_request(method, request_url, headers=request_headers, content=content)
-                try:
-                    response = client.send(request, stream=True)
-                except httpx.HTTPError as exc:
-                    raise _transport_error(operation, exc) from None
-                with self._count_lock:
-                    self.requests[method] += 1
-                self._observe(response)
-                if follow and response.status_code in REDIRECT_STATUSES and "location" in response.headers:
-                    response.close()
-                    hops += 1
-                    request_url = urljoin(request_url, response.headers["location"])
-                    if hops > MAX_REDIRECTS:
-                        target = urlsplit(request_url).netloc
-                        raise RegistryError(operation, response.status_code,
-                                            message=f"too many redirects ({hops}), the last to {target}")
-                    continue
-                break
-            if response.status_code == 401 and attempt == 1 and replayable and self._same_host(request_url):
+            response = self.transport.send(method, url, operation, headers=headers, content=content,
+                                           authorization=self.auth.authorization(scopes), authorization_origin=base,
+                                           follow=follow, stream=stream)
+            if response.status_code == 401 and attempt == 1 and replayable and _same_origin(response, base):
                 response.close()
                 self.auth.set_challenge(response.headers.get("www-authenticate"))
                 self.auth.invalidate(scopes)
                 continue
             break
-        if not stream:
-            try:
-                response.read()
-            except httpx.HTTPError as exc:
-                raise _transport_error(operation, exc) from None
-            finally:
-                response.close()
         return response
 
-    def _foreign_client(self) -> httpx.Client:
-        with self._foreign_lock:
-            if self._foreign is None:
-                self._foreign = self._new_http(True)
-            return self._foreign
 
-    def _token_request(self, method: str, url: str, values: dict[str, Any],
-                       headers: dict[str, str]) -> tuple[int, Any, bytes]:
-        operation = f"get a token from {self.host}"
-        if method == "POST":
-            request = self._http.build_request("POST", url, data=values, headers=headers)
-        else:
-            request = self._http.build_request("GET", httpx.URL(url).copy_merge_params(values), headers=headers)
-        try:
-            response = self._http.send(request, stream=True)
-            try:
-                content = bytearray()
-                for piece in response.iter_bytes():  # bounded: a token endpoint may answer anything
-                    content += piece
-                    if len(content) > MAX_TOKEN_RESPONSE:
-                        endpoint = httpx.URL(url).copy_with(query=None)
-                        raise RegistryError(operation, response.status_code,
-                                            message=f"the token endpoint {endpoint} answered more than "
-                                                    f"{MAX_TOKEN_RESPONSE:,} bytes; not a token")
-            finally:
-                response.close()
-        except httpx.HTTPError as exc:
-            raise _transport_error(operation, exc) from None
-        try:
-            body = json.loads(content)
-        except ValueError:
-            body = None
-        return response.status_code, body, bytes(content)
+def _same_origin(response: Response, base: str) -> bool:
+    from .transport import origin
+
+    return origin(str(response.url)) == origin(base)
 
 
 class Repository:
@@ -353,14 +228,13 @@ class Repository:
         return f"Repository({self.client.host}/{self.name})"
 
     def _where(self, reference: str) -> str:
-        separator = "@" if ":" in reference and reference.partition(":")[0] in ("sha256", "sha384", "sha512") else ":"
-        return f"{self.client.host}/{self.name}{separator}{reference}"
+        return f"{self.client.host}/{self.name}{'@' if is_digest(reference) else ':'}{reference}"
 
     def _retry(self, fn: Callable[[], Any]) -> Any:
         return retry.call(fn, retries=self.client.retries, sleep=self.client._sleep)
 
-    def _send(self, method: str, path: str, operation: str, **kwargs: Any) -> httpx.Response:
-        with self.client.limiter.slot():
+    def _send(self, method: str, path: str, operation: str, **kwargs: Any) -> Response:
+        with self.client.slot():
             return self.client.send(method, path, operation, kwargs.pop("scopes", self.scopes), **kwargs)
 
     # -- manifests -------------------------------------------------------------------------
@@ -387,18 +261,19 @@ class Repository:
         operation = f"GET manifest {self._where(reference)}"
 
         def attempt() -> Manifest:
-            with self.client.limiter.slot():
+            with self.client.slot():
                 response = self.client.send("GET", f"/v2/{self.name}/manifests/{reference}", operation,
                                             self.scopes, headers={"Accept": ACCEPT}, stream=True)
                 try:
                     if response.status_code != 200:
                         response.read()
                         raise _response_error(operation, response)
-                    raw = _read_limited(response, MAX_MANIFEST_BYTES, operation)
+                    raw = Transport.read_limited(response, MAX_MANIFEST_BYTES, operation, "manifest",
+                                                 ("MANIFEST_INVALID",))
                 finally:
                     response.close()
             header = response.headers.get("docker-content-digest")
-            requested = reference if _is_digest(reference) else None
+            requested = reference if is_digest(reference) else None
             for expected, what in ((requested, "the requested digest"), (header, "Docker-Content-Digest")):
                 if expected:
                     actual = compute_digest(raw, _hasher(expected).name)
@@ -453,7 +328,7 @@ class Repository:
         """Stream a blob (not retried here: the caller retries the whole transfer).
         Redirects (ACR sends blob GETs to storage) are followed without the Authorization header."""
         operation = f"GET blob {self._where(digest)}"
-        with self.client.limiter.slot():
+        with self.client.slot():
             response = self.client.send("GET", f"/v2/{self.name}/blobs/{digest}", operation, self.scopes,
                                         headers={"Accept-Encoding": "identity"}, follow=True, stream=True)
             try:
@@ -529,7 +404,7 @@ class Repository:
         tags: list[str] = []
         path: str | None = f"/v2/{self.name}/tags/list?n={page_size}"
         while path:
-            def attempt(path: str = path) -> httpx.Response:
+            def attempt(path: str = path) -> Response:
                 response = self._send("GET", path, operation)
                 if response.status_code != 200:
                     raise _response_error(operation, response)
@@ -582,11 +457,7 @@ class Repository:
 # -- helpers --------------------------------------------------------------------------------
 
 
-def _is_digest(reference: str) -> bool:
-    return reference.partition(":")[0] in ("sha256", "sha384", "sha512") and ":" in reference
-
-
-def _media_type(response: httpx.Response) -> str:
+def _media_type(response: Response) -> str:
     return response.headers.get("content-type", "").split(";")[0].strip()
 
 
@@ -595,7 +466,7 @@ def _with_digest(location: str, digest: str) -> str:
     return location + ("&" if urlsplit(location).query else "?") + "digest=" + quote(digest)
 
 
-def _next_link(response: httpx.Response) -> str | None:
+def _next_link(response: Response) -> str | None:
     link = response.headers.get("link", "")
     for part in link.split(","):
         if 'rel="next"' in part or "rel=next" in part:
@@ -616,45 +487,6 @@ def _rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
         yield bytes(buffer)
 
 
-def _read_limited(response: httpx.Response, limit: int, operation: str) -> bytes:
-    declared = int(response.headers.get("content-length", -1))
-    if declared > limit:
-        raise RegistryError(operation, response.status_code, ("MANIFEST_INVALID",),
-                            f"manifest of {declared} bytes is over the {limit // (1 << 20)} MiB limit")
-    body = bytearray()
-    try:
-        for piece in response.iter_raw():
-            body += piece
-            if len(body) > limit:
-                raise RegistryError(operation, response.status_code, ("MANIFEST_INVALID",),
-                                    f"manifest is over the {limit // (1 << 20)} MiB limit")
-    except httpx.HTTPError as exc:
-        raise _transport_error(operation, exc) from None
-    return bytes(body)
-
-
-def _response_error(operation: str, response: httpx.Response) -> RegistryError:
-    try:
-        body = response.content
-    except httpx.ResponseNotRead:
-        body = b""
+def _response_error(operation: str, response: Response) -> RegistryError:
+    body = Transport.content(response)
     return status_error(operation, response.status_code, body, response.headers.get("retry-after"))
-
-
-def _is_tls_error(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return "SSL" in str(exc) or "certificate" in str(exc).lower()
-
-
-def _transport_error(operation: str, exc: httpx.HTTPError) -> RegistryError:
-    """Timeouts, resets and refused connections may pass; an untrusted certificate will not."""
-    if isinstance(exc, httpx.TimeoutException):
-        return RegistryError(operation, message=f"timed out ({type(exc).__name__})", retryable=True)
-    if _is_tls_error(exc) and isinstance(exc, httpx.ConnectError):
-        return RegistryError(operation, message=f"TLS failed: {exc}", retryable=False)
-    text = str(exc) or type(exc).__name__
-    return RegistryError(operation, message=f"connection failed: {text}", retryable=True)

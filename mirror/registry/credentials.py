@@ -1,30 +1,31 @@
-"""Which credentials the registry client may use for one registry host, found where users keep them.
+"""Which credentials acr-mirror may use for a registry host: one value type, `Credentials`,
+produced by an ordered list of sources, `Keychain` (go-containerregistry's keychain idea).
 
-Resolution order for a host (``credentials_for``), with the registry's ``auth`` setting ``auto``;
-the first source that has something for the host wins:
+Sources, in order; the first that has something for the host wins (``auth: auto``):
 
-1. **config**: ``registries.<host>.username`` with ``password`` or ``password_env`` (the ACR admin
-   user, an ACR repository-scoped token, any basic-auth registry).
-2. **env**: ``ACR_MIRROR_<HOST>_USERNAME`` and ``ACR_MIRROR_<HOST>_PASSWORD``, where ``<HOST>`` is the
-   host upper-cased with every non-alphanumeric character as ``_``
-   (``crazureblue.azurecr.io`` → ``ACR_MIRROR_CRAZUREBLUE_AZURECR_IO_USERNAME``,
-   ``127.0.0.1:5000`` → ``ACR_MIRROR_127_0_0_1_5000_USERNAME``).
-3. **Docker's config.json** (``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``):
+1. ``ConfigCredentials``: ``registries.<host>.username`` with ``password`` or ``password_env`` (the
+   ACR admin user, an ACR repository-scoped token, any basic-auth registry).
+2. ``EnvironmentCredentials``: ``ACR_MIRROR_<HOST>_USERNAME`` and ``ACR_MIRROR_<HOST>_PASSWORD``,
+   where ``<HOST>`` is the host upper-cased with every non-alphanumeric character as ``_``
+   (``crazureblue.azurecr.io`` → ``ACR_MIRROR_CRAZUREBLUE_AZURECR_IO_USERNAME``).
+3. ``DockerConfigCredentials``, Docker's config.json (``$DOCKER_CONFIG/config.json``, else
+   ``~/.docker/config.json``):
    a. ``credHelpers[host]``: run ``docker-credential-<name> get``;
    b. ``credsStore``: run ``docker-credential-<credsStore> get``;
    c. ``auths[host]``: ``auth`` (base64 of ``user:password``; or the legacy ``username``/``password``
       keys) and/or ``identitytoken`` (a refresh token, as ``docker login`` / ``az acr login`` store it).
    ``auths`` keys are compared by host name (``https://host/v1/`` matches ``host``). Docker Hub
-   is found under any of ``https://index.docker.io/v1/``, ``docker.io``, ``index.docker.io`` and
-   ``registry-1.docker.io``; helpers are asked for ``https://index.docker.io/v1/`` as Docker does.
-4. **Entra ID**, for ``*.azurecr.io`` hosts: azure-identity's ``DefaultAzureCredential`` (az login,
-   managed identity, workload identity, service-principal environment variables), exchanged at the
-   registry's ``/oauth2/exchange`` for an ACR refresh token (see ``mirror.registry.acr``).
-5. **anonymous**.
+   is found under its legacy index URL and any of its aliases; helpers are asked for the index
+   URL as Docker does.
+4. ``EntraIdCredentials``, for ``*.azurecr.io`` hosts: an Entra ID token provider (az login, managed
+   identity, workload identity, service-principal environment variables; mirror.azure.identity),
+   which the authenticator exchanges at the registry's ``/oauth2/exchange`` (mirror.registry.acr).
+5. anonymous.
 
-``auth`` other than ``auto`` forces a mode: ``anonymous`` (nothing is looked up), ``basic`` (steps
-1–2 only; an error if neither has a pair), ``docker`` (step 3 only; an error if it has nothing for
-the host), ``azure`` (step 4 for any host, e.g. an ACR behind a custom domain).
+``auth`` other than ``auto`` forces one source: ``anonymous`` (nothing is looked up), ``basic``
+(sources 1–2; an error if neither has a pair), ``docker`` (3; an error if it has nothing for the
+host), ``azure`` (4, for any host, e.g. an ACR behind a custom domain). A new source is one class
+with a ``mode`` and ``lookup``, and one entry in ``default_sources``.
 
 Helpers speak Docker's credential-helper protocol: the server URL on stdin, a JSON object
 ``{"ServerURL", "Username", "Secret"}`` on stdout. "credentials not found" is no credential (the
@@ -48,28 +49,26 @@ import re
 import shutil
 import signal
 import subprocess
-from collections.abc import Mapping
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Protocol
 
-from manifests_rewriter.config import RegistrySettings
+from manifests_rewriter.reference import DOCKER_HUB_ALIASES, DOCKER_HUB_CREDENTIAL_SERVER, is_docker_hub
 
-if TYPE_CHECKING:
-    from azure.core.credentials import TokenCredential
+from ..settings import MirrorSettings, RegistrySettings
+from .errors import CredentialError
+
+__all__ = ["ANONYMOUS", "BasicCredential", "CredentialError", "CredentialSource", "Credentials", "Keychain",
+           "credentials_for", "default_keychain", "default_sources", "fixed_keychain"]
 
 log = logging.getLogger(__name__)
 
-DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
-DOCKER_HUB_KEYS = ("https://index.docker.io/v1/", "docker.io", "index.docker.io", "registry-1.docker.io")
 TOKEN_USERNAME = "<token>"  # credential-helper protocol: Secret is an identity token
 HELPER_TIMEOUT = 30.0
 _NOT_FOUND = "credentials not found"
 _AZURECR_SUFFIXES = (".azurecr.io", ".azurecr.cn", ".azurecr.us")
-
-
-class CredentialError(Exception):
-    """Credentials for a registry could not be obtained; the message says where, never the secret."""
 
 
 @dataclass(frozen=True)
@@ -81,57 +80,48 @@ class BasicCredential:
         return repr(self)
 
 
+class EntraIdToken(Protocol):
+    """Gives Entra ID access tokens for ACR (mirror.azure.identity implements it)."""
+
+    @property
+    def name(self) -> str:
+        """The credential's name, for messages."""
+        ...
+
+    def access_token(self) -> str:
+        """A current access token for containerregistry.azure.net; raises CredentialError."""
+        ...
+
+
+@dataclass(frozen=True)
 class Credentials:
-    """What the registry client may use for one registry host.
+    """What the registry client may present to one registry host.
 
     ``basic``: user and password, for Basic auth and for GET requests to a token realm.
-    ``refresh_token()``: an identity/refresh token to present to the token realm with
-    ``grant_type=refresh_token`` (an ACR refresh token exchanged from Entra ID, cached until shortly
-    before it expires; or a Docker ``identitytoken``), else ``None``.
-    ``source``: where they came from, for messages.
-    """
+    ``identity_token``: a refresh token for the token realm (``grant_type=refresh_token``): a
+    Docker ``identitytoken`` or a helper's ``<token>`` secret.
+    ``entra_id``: an Entra ID token provider; the authenticator exchanges its access token at the
+    registry's ``/oauth2/exchange`` for a refresh token (and ``tenant``, when known).
+    ``source``: where they came from, for messages."""
 
-    __slots__ = ("basic", "source", "_token", "_token_source")
-    basic: BasicCredential | None
-    source: str
-
-    def __init__(
-        self,
-        basic: BasicCredential | None = None,
-        source: str = "anonymous",
-        *,
-        refresh_token: str | None = None,
-        token_source: RefreshTokenSource | None = None,
-    ) -> None:
-        self.basic = basic
-        self.source = source
-        self._token = refresh_token or None
-        self._token_source = token_source
+    source: str = "anonymous"
+    basic: BasicCredential | None = None
+    identity_token: str | None = field(default=None, repr=False)
+    entra_id: EntraIdToken | None = None
+    tenant: str | None = None
 
     @property
     def kind(self) -> str:
         """anonymous | basic | identity-token | entra-id"""
-        if self._token_source is not None:
+        if self.entra_id is not None:
             return "entra-id"
-        if self._token is not None:
+        if self.identity_token:
             return "identity-token"
         return "basic" if self.basic is not None else "anonymous"
 
     @property
     def anonymous(self) -> bool:
         return self.kind == "anonymous"
-
-    def refresh_token(self) -> str | None:
-        """The refresh token to present at the token realm, or None; may raise CredentialError."""
-        if self._token_source is not None:
-            return self._token_source.refresh_token()
-        return self._token
-
-    def invalidate(self) -> None:
-        """Forget a cached exchanged token (call after the registry refused it); the next
-        ``refresh_token()`` exchanges anew. A static token or password cannot be renewed."""
-        if self._token_source is not None:
-            self._token_source.invalidate()
 
     def __repr__(self) -> str:
         parts = [f"source={self.source!r}", f"kind={self.kind!r}"]
@@ -142,18 +132,26 @@ class Credentials:
     __str__ = __repr__
 
 
-class RefreshTokenSource:
-    """Something that hands out a (cached) refresh token; ``mirror.registry.acr`` implements it."""
-
-    def refresh_token(self) -> str:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def invalidate(self) -> None:  # pragma: no cover - interface
-        pass
+ANONYMOUS = Credentials()
 
 
+# -- the sources ---------------------------------------------------------------------------------
 
-# -- helpers -------------------------------------------------------------------------------------
+
+class CredentialSource(ABC):
+    """One place credentials can come from. `mode` is the `auth` setting that selects this
+    source alone (several sources may share one)."""
+
+    mode: ClassVar[str]
+
+    def automatic(self, host: str) -> bool:
+        """Whether `auth: auto` asks this source for `host`."""
+        return True
+
+    @abstractmethod
+    def lookup(self, host: str, settings: RegistrySettings) -> Credentials | None:
+        """The credentials this source has for `host`, None when it has none; CredentialError
+        when what it has is unusable (a half pair, a broken helper)."""
 
 
 def env_prefix(host: str) -> str:
@@ -161,12 +159,214 @@ def env_prefix(host: str) -> str:
     return "ACR_MIRROR_" + re.sub(r"[^A-Za-z0-9]", "_", host).upper() + "_"
 
 
-def is_docker_hub(host: str) -> bool:
-    return _hostname(host) in ("docker.io", "index.docker.io", "registry-1.docker.io")
+class ConfigCredentials(CredentialSource):
+    mode = "basic"
+
+    def __init__(self, env: Mapping[str, str] = os.environ) -> None:
+        self.env = env
+
+    def lookup(self, host: str, settings: RegistrySettings) -> Credentials | None:
+        where = f"registries.{host}"
+        if settings.password_env:
+            password = self.env.get(settings.password_env)
+            if password is None:
+                raise CredentialError(f"{where}.password_env: environment variable {settings.password_env} is not set")
+        else:
+            password = settings.password
+        if settings.username and password is not None:
+            return Credentials("config", BasicCredential(settings.username, password))
+        if settings.username:
+            raise CredentialError(f"{where}: username is set but neither password nor password_env")
+        if password is not None:
+            raise CredentialError(f"{where}: a password is set but no username")
+        return None
+
+
+class EnvironmentCredentials(CredentialSource):
+    mode = "basic"
+
+    def __init__(self, env: Mapping[str, str] = os.environ) -> None:
+        self.env = env
+
+    def lookup(self, host: str, settings: RegistrySettings) -> Credentials | None:
+        prefix = env_prefix(host)
+        username, password = self.env.get(prefix + "USERNAME"), self.env.get(prefix + "PASSWORD")
+        if username and password is not None:
+            return Credentials("env", BasicCredential(username, password))
+        if username or password is not None:
+            missing = prefix + ("PASSWORD" if username else "USERNAME")
+            raise CredentialError(f"credentials for {host} from the environment: {missing} is not set")
+        return None
+
+
+class DockerConfigCredentials(CredentialSource):
+    mode = "docker"
+
+    def __init__(self, env: Mapping[str, str] = os.environ, helper_timeout: float = HELPER_TIMEOUT) -> None:
+        self.env = env
+        self.helper_timeout = helper_timeout
+
+    def lookup(self, host: str, settings: RegistrySettings) -> Credentials | None:
+        path = docker_config_path(self.env)
+        config = _load_docker_config(path)
+        if config is None:
+            return None
+        hub = is_docker_hub(host)
+        keys = (DOCKER_HUB_CREDENTIAL_SERVER, *sorted(DOCKER_HUB_ALIASES)) if hub else (host,)
+        server_url = DOCKER_HUB_CREDENTIAL_SERVER if hub else host
+        return (self._helper(config, keys, server_url) or self._store(config, path, server_url)
+                or self._auths(config, path, keys))
+
+    def _ask(self, name: str, server_url: str) -> tuple[str, str] | None:
+        return run_credential_helper(name, server_url, env=self.env, timeout=self.helper_timeout)
+
+    def _helper(self, config: dict[str, Any], keys: Sequence[str], server_url: str) -> Credentials | None:
+        helpers = config.get("credHelpers") or {}
+        if not isinstance(helpers, dict):
+            return None
+        for key in keys:
+            name = helpers.get(key)
+            if isinstance(name, str) and name:
+                answer = self._ask(name, server_url)
+                return _from_helper_answer(answer, f"docker config (credHelpers {name})") if answer else None
+        return None
+
+    def _store(self, config: dict[str, Any], path: Path, server_url: str) -> Credentials | None:
+        store = config.get("credsStore")
+        if not isinstance(store, str) or not store:
+            return None
+        try:
+            answer = self._ask(store, server_url)
+        except CredentialError as exc:
+            if shutil.which(f"docker-credential-{store}", path=self.env.get("PATH", os.defpath)) is not None:
+                raise
+            log.warning("%s: %s; ignoring credsStore", path, exc)
+            return None
+        return _from_helper_answer(answer, f"docker config (credsStore {store})") if answer else None
+
+    def _auths(self, config: dict[str, Any], path: Path, keys: Sequence[str]) -> Credentials | None:
+        auths = config.get("auths") or {}
+        if not isinstance(auths, dict):
+            return None
+        wanted = {_hostname(k) for k in keys}
+        entry_key = next((k for k in keys if k in auths), None)  # an exact key first
+        if entry_key is None:
+            entry_key = next((k for k in auths if _hostname(k) in wanted), None)
+        if entry_key is None or not isinstance(auths[entry_key], dict):
+            return None
+        entry = auths[entry_key]
+        where = f"Docker config {path}: auths[{entry_key!r}]"
+        username = password = None
+        encoded = entry.get("auth")
+        if encoded:
+            try:
+                decoded = base64.b64decode(str(encoded).strip(), validate=True).decode("utf-8")
+            except (binascii.Error, ValueError, UnicodeDecodeError):
+                raise CredentialError(f"{where}.auth: not base64 of user:password") from None
+            username, sep, password = decoded.partition(":")
+            if not sep:
+                raise CredentialError(f"{where}.auth: not base64 of user:password (no ':')")
+        elif entry.get("username") or entry.get("password"):
+            username, password = str(entry.get("username") or ""), str(entry.get("password") or "")
+        token = entry.get("identitytoken")
+        source = "docker config (auths)"
+        if isinstance(token, str) and token:
+            basic = BasicCredential(username, password) if username and password else None
+            return Credentials(source, basic, identity_token=token)
+        if username or password:
+            return Credentials(source, BasicCredential(username or "", password or ""))
+        return None
 
 
 def is_azure_container_registry(host: str) -> bool:
     return _hostname(host).split(":")[0].lower().endswith(_AZURECR_SUFFIXES)
+
+
+class EntraIdCredentials(CredentialSource):
+    """An Entra ID token provider for ACR hosts (``*.azurecr.io``; any host with ``auth: azure``)."""
+
+    mode = "azure"
+
+    def __init__(self, provider: Callable[[], EntraIdToken] | None = None) -> None:
+        self._provider = provider
+
+    def automatic(self, host: str) -> bool:
+        return is_azure_container_registry(host)
+
+    def lookup(self, host: str, settings: RegistrySettings) -> Credentials:
+        if self._provider is not None:
+            token = self._provider()
+        else:
+            from ..azure.identity import default_entra_id  # azure-identity only for hosts that use it
+
+            token = default_entra_id()
+        return Credentials(f"Entra ID ({token.name})", entra_id=token, tenant=settings.tenant)
+
+
+def default_sources(env: Mapping[str, str] = os.environ, *, helper_timeout: float = HELPER_TIMEOUT,
+                    entra_id: Callable[[], EntraIdToken] | None = None) -> list[CredentialSource]:
+    return [ConfigCredentials(env), EnvironmentCredentials(env), DockerConfigCredentials(env, helper_timeout),
+            EntraIdCredentials(entra_id)]
+
+
+class Keychain:
+    """Credentials per registry host from an ordered list of sources, as the host's `auth`
+    setting allows. Resolution happens once per client (one per host and run)."""
+
+    def __init__(self, sources: Sequence[CredentialSource], settings: Callable[[str], RegistrySettings]) -> None:
+        self.sources = list(sources)
+        self._settings = settings
+
+    def resolve(self, host: str) -> Credentials:
+        settings = self._settings(host)
+        mode = settings.auth or "auto"
+        if mode == "anonymous":
+            return ANONYMOUS
+        chosen = [s for s in self.sources if (s.automatic(host) if mode == "auto" else s.mode == mode)]
+        if mode != "auto" and not chosen:
+            raise CredentialError(f"registries.{host}.auth: unknown mode {mode!r}")
+        for source in chosen:
+            found = source.lookup(host, settings)
+            if found is not None:
+                log.debug("credentials for %s: %r", host, found)
+                return found
+        if mode == "basic":
+            raise CredentialError(
+                f"registries.{host}.auth is basic but there is no username and password "
+                f"(config username + password/password_env, or {env_prefix(host)}USERNAME/_PASSWORD)")
+        if mode == "docker":
+            env = next((s.env for s in chosen if isinstance(s, DockerConfigCredentials)), os.environ)
+            raise CredentialError(
+                f"registries.{host}.auth is docker but {docker_config_path(env)} has no credentials for {host}")
+        return ANONYMOUS
+
+
+class _Lookup(CredentialSource):
+    mode = "auto"
+
+    def __init__(self, lookup: Callable[[str], Credentials | None]) -> None:
+        self._lookup = lookup
+
+    def lookup(self, host: str, settings: RegistrySettings) -> Credentials | None:
+        return self._lookup(host)
+
+
+def fixed_keychain(lookup: Callable[[str], Credentials | None]) -> Keychain:
+    """A keychain that answers from `lookup` alone (None: anonymous); for tests and embedding."""
+    return Keychain([_Lookup(lookup)], lambda _host: RegistrySettings())
+
+
+def default_keychain(settings: MirrorSettings, env: Mapping[str, str] = os.environ, **kwargs: Any) -> Keychain:
+    return Keychain(default_sources(env, **kwargs), settings.registry)
+
+
+def credentials_for(host: str, settings: RegistrySettings, *, env: Mapping[str, str] = os.environ,
+                    **kwargs: Any) -> Credentials:
+    """The credentials for one host with these settings, from the default sources."""
+    return Keychain(default_sources(env, **kwargs), lambda _host: settings).resolve(host)
+
+
+# -- Docker's config.json and credential helpers --------------------------------------------------
 
 
 def _hostname(key: str) -> str:
@@ -259,173 +459,9 @@ def run_credential_helper(
     return username, secret
 
 
+
 def _from_helper_answer(answer: tuple[str, str], source: str) -> Credentials:
     username, secret = answer
     if username == TOKEN_USERNAME:
-        return Credentials(None, source, refresh_token=secret)
-    return Credentials(BasicCredential(username, secret), source)
-
-
-# -- the sources, in order -----------------------------------------------------------------------
-
-
-def _from_config(host: str, settings: RegistrySettings, env: Mapping[str, str]) -> Credentials | None:
-    where = f"registries.{host}"
-    if settings.password_env:
-        password = env.get(settings.password_env)
-        if password is None:
-            raise CredentialError(f"{where}.password_env: environment variable {settings.password_env} is not set")
-    else:
-        password = settings.password
-    if settings.username and password is not None:
-        return Credentials(BasicCredential(settings.username, password), "config")
-    if settings.username:
-        raise CredentialError(f"{where}: username is set but neither password nor password_env")
-    if password is not None:
-        raise CredentialError(f"{where}: a password is set but no username")
-    return None
-
-
-def _from_env(host: str, env: Mapping[str, str]) -> Credentials | None:
-    prefix = env_prefix(host)
-    username, password = env.get(prefix + "USERNAME"), env.get(prefix + "PASSWORD")
-    if username and password is not None:
-        return Credentials(BasicCredential(username, password), "env")
-    if username or password is not None:
-        missing = prefix + ("PASSWORD" if username else "USERNAME")
-        raise CredentialError(f"credentials for {host} from the environment: {missing} is not set")
-    return None
-
-
-def _from_docker_config(
-    host: str, env: Mapping[str, str], timeout: float
-) -> Credentials | None:
-    path = docker_config_path(env)
-    config = _load_docker_config(path)
-    if config is None:
-        return None
-    hub = is_docker_hub(host)
-    keys = DOCKER_HUB_KEYS if hub else (host,)
-    server_url = DOCKER_HUB_SERVER if hub else host
-
-    helpers = config.get("credHelpers") or {}
-    if isinstance(helpers, dict):
-        for key in keys:
-            name = helpers.get(key)
-            if isinstance(name, str) and name:
-                answer = run_credential_helper(name, server_url, env=env, timeout=timeout)
-                if answer is not None:
-                    return _from_helper_answer(answer, f"docker config (credHelpers {name})")
-                break
-
-    store = config.get("credsStore")
-    if isinstance(store, str) and store:
-        try:
-            answer = run_credential_helper(store, server_url, env=env, timeout=timeout)
-        except CredentialError as exc:
-            if shutil.which(f"docker-credential-{store}", path=env.get("PATH", os.defpath)) is not None:
-                raise
-            log.warning("%s: %s; ignoring credsStore", path, exc)
-            answer = None
-        if answer is not None:
-            return _from_helper_answer(answer, f"docker config (credsStore {store})")
-
-    auths = config.get("auths") or {}
-    if not isinstance(auths, dict):
-        return None
-    wanted = {_hostname(k) for k in keys}
-    entry_key = next((k for k in keys if k in auths), None)  # an exact key first
-    if entry_key is None:
-        entry_key = next((k for k in auths if _hostname(k) in wanted), None)
-    if entry_key is None or not isinstance(auths[entry_key], dict):
-        return None
-    entry = auths[entry_key]
-    where = f"Docker config {path}: auths[{entry_key!r}]"
-    username = password = None
-    encoded = entry.get("auth")
-    if encoded:
-        try:
-            decoded = base64.b64decode(str(encoded).strip(), validate=True).decode("utf-8")
-        except (binascii.Error, ValueError, UnicodeDecodeError):
-            raise CredentialError(f"{where}.auth: not base64 of user:password") from None
-        username, sep, password = decoded.partition(":")
-        if not sep:
-            raise CredentialError(f"{where}.auth: not base64 of user:password (no ':')")
-    elif entry.get("username") or entry.get("password"):
-        username, password = str(entry.get("username") or ""), str(entry.get("password") or "")
-    token = entry.get("identitytoken")
-    source = "docker config (auths)"
-    if isinstance(token, str) and token:
-        basic = BasicCredential(username, password) if username and password else None
-        return Credentials(basic, source, refresh_token=token)
-    if username or password:
-        return Credentials(BasicCredential(username or "", password or ""), source)
-    return None
-
-
-def _from_entra_id(
-    host: str, settings: RegistrySettings, azure_credential: TokenCredential | None
-) -> Credentials:
-    from . import acr  # imports azure-identity lazily, only for hosts that use Entra ID
-
-    source = acr.shared_refresh_token_source(host, settings, credential=azure_credential)
-    return Credentials(None, f"Entra ID ({source.credential_name})", token_source=source)
-
-
-def credentials_for(
-    host: str,
-    settings: RegistrySettings,
-    *,
-    env: Mapping[str, str] = os.environ,
-    azure_credential: TokenCredential | None = None,
-    helper_timeout: float = HELPER_TIMEOUT,
-) -> Credentials:
-    """The credentials for ``host`` (a registry host as in image names, e.g. ``docker.io``,
-    ``crazureblue.azurecr.io``, ``127.0.0.1:5000``), in the order of this module's docstring.
-
-    ``env`` supplies ``password_env``, the ``ACR_MIRROR_*`` variables, ``DOCKER_CONFIG``/``HOME`` and
-    the ``PATH`` helpers are looked up on (and run with). ``azure_credential`` replaces
-    ``DefaultAzureCredential`` (any azure-core ``TokenCredential``)."""
-    mode = settings.auth or "auto"
-    if mode == "anonymous":
-        return Credentials()
-    if mode in ("auto", "basic"):
-        found = _from_config(host, settings, env) or _from_env(host, env)
-        if found is not None:
-            log.debug("credentials for %s: %r", host, found)
-            return found
-        if mode == "basic":
-            raise CredentialError(
-                f"registries.{host}.auth is basic but there is no username and password "
-                f"(config username + password/password_env, or {env_prefix(host)}USERNAME/_PASSWORD)"
-            )
-    if mode in ("auto", "docker"):
-        found = _from_docker_config(host, env, helper_timeout)
-        if found is not None:
-            log.debug("credentials for %s: %r", host, found)
-            return found
-        if mode == "docker":
-            raise CredentialError(
-                f"registries.{host}.auth is docker but {docker_config_path(env)} has no credentials for {host}"
-            )
-    if mode == "azure" or (mode == "auto" and is_azure_container_registry(host)):
-        found = _from_entra_id(host, settings, azure_credential)
-        log.debug("credentials for %s: %r", host, found)
-        return found
-    if mode not in ("auto", "basic", "docker", "azure"):
-        raise CredentialError(f"registries.{host}.auth: unknown mode {mode!r}")
-    return Credentials()
-
-
-__all__ = [
-    "BasicCredential",
-    "CredentialError",
-    "Credentials",
-    "RefreshTokenSource",
-    "credentials_for",
-    "docker_config_path",
-    "env_prefix",
-    "is_azure_container_registry",
-    "is_docker_hub",
-    "run_credential_helper",
-]
+        return Credentials(source, identity_token=secret)
+    return Credentials(source, BasicCredential(username, secret))

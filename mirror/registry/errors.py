@@ -11,6 +11,8 @@ import json
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
+from manifests_rewriter.errors import AcrMirrorError
+
 # OCI distribution error codes that no retry can fix: credentials, permissions, absence.
 PERMANENT_CODES = frozenset({
     "UNAUTHORIZED", "DENIED", "NAME_UNKNOWN", "MANIFEST_UNKNOWN", "BLOB_UNKNOWN",
@@ -22,7 +24,7 @@ RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _MAX_MESSAGE = 300
 
 
-class RegistryError(Exception):
+class RegistryError(AcrMirrorError):
     """A registry operation that failed: what was being done, and why.
 
     operation: "GET manifest 127.0.0.1:5000/library/nginx:1.25" (doing what)
@@ -30,16 +32,21 @@ class RegistryError(Exception):
     codes: OCI error codes from the response body (UNAUTHORIZED, MANIFEST_UNKNOWN, ...)
     retryable: whether trying the same thing again may succeed (429, 5xx, resets, timeouts)
     retry_after: seconds the registry asked us to wait (Retry-After), if any
+    transport: for a failure below HTTP: "timeout", "tls", "connect" or "other"; else None
     """
 
+    names_operation = True
+
     def __init__(self, operation: str, status: int | None = None, codes: tuple[str, ...] = (),
-                 message: str = "", retryable: bool = False, retry_after: float | None = None):
+                 message: str = "", retryable: bool = False, retry_after: float | None = None,
+                 transport: str | None = None):
         self.operation = operation
         self.status = status
         self.codes = tuple(codes)
         self.message = message[:_MAX_MESSAGE]
         self.retryable = retryable and not (set(self.codes) & PERMANENT_CODES)
         self.retry_after = retry_after
+        self.transport = transport
         super().__init__(str(self))
 
     @property
@@ -58,16 +65,24 @@ class RegistryError(Exception):
 
     def __reduce__(self):  # keep the fields when the error crosses a process boundary
         return (RegistryError, (self.operation, self.status, self.codes, self.message,
-                                self.retryable, self.retry_after))
+                                self.retryable, self.retry_after, self.transport))
+
+
+class CredentialError(AcrMirrorError):
+    """Credentials for a registry could not be obtained; the message says where, never the secret."""
 
 
 def parse_error_body(body: bytes) -> tuple[tuple[str, ...], str]:
-    """OCI error codes and the first message of a registry error body ({"errors": [...]})."""
+    """Error codes and message of an error body: the OCI shape ({"errors": [{code, message}]})
+    or OAuth2's ({"error": code, "error_description": text}, token endpoints), else the text."""
     try:
         data = json.loads(body)
         errors = data.get("errors") if isinstance(data, dict) else None
     except (ValueError, UnicodeDecodeError):
-        errors = None
+        data = errors = None
+    if isinstance(data, dict) and errors is None and isinstance(data.get("error"), str):
+        description = data.get("error_description") or data.get("message") or ""
+        return (data["error"],), str(description)[:_MAX_MESSAGE]
     if not isinstance(errors, list):
         text = body[:_MAX_MESSAGE].decode("utf-8", "replace").strip()
         return (), text if text.isprintable() else ""

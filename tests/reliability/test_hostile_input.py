@@ -32,11 +32,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from manifests_rewriter import cli as hook_cli
+from manifests_rewriter import files as files_module
 from manifests_rewriter import rewrite as rewrite_module
-from manifests_rewriter import splice
+from manifests_rewriter.files import WriteError, write_atomic
 from manifests_rewriter.locate import locate
 from manifests_rewriter.reference import ReferenceError, parse
-from manifests_rewriter.splice import SpliceError, write_atomic
 from mirror import cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -384,7 +384,7 @@ def test_write_atomic_refuses_a_file_changed_since_it_was_read(tmp_path: Path, f
     read = path.read_bytes()
     path.write_text(GOOD + "# the user's edit\n")
     figures.record("hostile", tried=1)
-    with pytest.raises(SpliceError, match="changed since it was read; not written"):
+    with pytest.raises(WriteError, match="changed since it was read; not written"):
         write_atomic(path, GOOD_REWRITTEN.encode(), expected=read)
     assert path.read_text() == GOOD + "# the user's edit\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.yaml"]  # no temporary file left
@@ -397,7 +397,7 @@ def test_write_atomic_refuses_a_file_deleted_since_it_was_read(tmp_path: Path, f
     read = path.read_bytes()
     path.unlink()
     figures.record("hostile", tried=1)
-    with pytest.raises(SpliceError, match="gone since it was read"):
+    with pytest.raises(WriteError, match="gone since it was read"):
         write_atomic(path, GOOD_REWRITTEN.encode(), expected=read)
     assert list(tmp_path.iterdir()) == []
     figures.record("hostile", handled=1)
@@ -437,13 +437,13 @@ def test_file_changed_between_scan_and_rewrite_keeps_the_users_edit(
 
         monkeypatch.setattr(rewrite_module, "plan_file", plan_then_edit)
     else:  # between write_atomic's first check and its rename: the second check must see it
-        real_mkstemp = splice.tempfile.mkstemp
+        real_mkstemp = files_module.tempfile.mkstemp
 
         def mkstemp_after_edit(*args: Any, **kwargs: Any) -> Any:
             edit()
             return real_mkstemp(*args, **kwargs)
 
-        monkeypatch.setattr(splice.tempfile, "mkstemp", mkstemp_after_edit)
+        monkeypatch.setattr(files_module.tempfile, "mkstemp", mkstemp_after_edit)
 
     figures.record("hostile", tried=1)
     main, args = commands(workspace["config"], tree)[command]

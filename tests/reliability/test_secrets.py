@@ -22,11 +22,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from manifests_rewriter.config import load_config
+from manifests_rewriter.config import load_config as load_core_config
 from mirror import cli
-from mirror.copy import CopyEngine
-from mirror.registry import acr as acr_module
+from mirror.azure import identity as identity_module
+from mirror.azure.identity import EntraIdTokenProvider
+from mirror.engines.registry import RegistryEngine as CopyEngine
 from mirror.registry.credentials import credentials_for
+from mirror.settings import SECTIONS, settings_of
 from tests.support.images import build_image, push
 from tests.support.registries import Registry, static_credential
 
@@ -113,8 +115,8 @@ def world(basic_registry: Registry, token_registry: Registry, acr_registry: Regi
                               "password": token_registry.password},  # in plain text: warned about
         acr_registry.host: {"insecure": True, "auth": "azure"},
     })
-    monkeypatch.setattr(acr_module, "default_azure_credential", lambda: static_credential(acr_registry.aad_token))
-    acr_module.clear_shared_sources()
+    monkeypatch.setattr(identity_module, "default_entra_id",
+                        lambda: EntraIdTokenProvider(static_credential(acr_registry.aad_token)))
     return {"secrets": secrets, "tree": tree, "config": config, "images": [one, two], "tmp": tmp_path,
             "basic": basic_registry, "token": token_registry, "acr": acr_registry, "env_name": env_name}
 
@@ -167,8 +169,7 @@ def test_no_secret_in_any_output(world: dict[str, Any], caplog: pytest.LogCaptur
     monkeypatch.setenv(world["env_name"], wrong)
     bad_token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJub2JvZHkifQ.planted-refused-aad-token-sig"
     secrets.add("refused Entra ID token", bad_token)
-    monkeypatch.setattr(acr_module, "default_azure_credential", lambda: static_credential(bad_token))
-    acr_module.clear_shared_sources()
+    monkeypatch.setattr(identity_module, "default_entra_id", lambda: EntraIdTokenProvider(static_credential(bad_token)))
     (world["tree"] / "more.yaml").write_text(_deployment(world["images"][0], world["basic"].host + "/app/none:1",
                                                          world["token"].host + "/app/none:2"))
     failing = _invoke(["sync", tree, "--config", config, "--report", str(tmp / "failed.json")], outputs, "failing sync")
@@ -183,8 +184,9 @@ def test_no_secret_in_any_output(world: dict[str, Any], caplog: pytest.LogCaptur
         outputs[f"manifest {path.name}"] = path.read_text()
 
     # the engine and client directly: errors, exceptions, reprs
-    loaded = load_config(config)
-    with CopyEngine(loaded) as engine:
+    loaded = load_core_config(config, sections=SECTIONS)
+    settings = settings_of(loaded)
+    with CopyEngine(settings) as engine:
         from manifests_rewriter.model import Mapping
         from manifests_rewriter.reference import parse
 
@@ -200,7 +202,7 @@ def test_no_secret_in_any_output(world: dict[str, Any], caplog: pytest.LogCaptur
             except Exception as exc:  # noqa: BLE001 - every exception is searched
                 outputs[f"exception from {host}"] = f"{exc!s} {exc!r} {exc.args!r} {getattr(exc, '__dict__', '')}"
             outputs[f"client repr {host}"] = f"{client!r} {client.auth!r} {client.settings!r}"
-            outputs[f"credentials repr {host}"] = repr(credentials_for(host, loaded.registry(host)))
+            outputs[f"credentials repr {host}"] = repr(credentials_for(host, settings.registry(host)))
     outputs["config repr"] = repr(loaded)
     outputs["logs"] = _log_text(caplog)
 
@@ -289,7 +291,7 @@ def test_insecure_skips_verification_for_that_host_only(tls_registry: Registry, 
     """An insecure source does not make the (TLS) target's certificate unverified."""
     assert os.path.exists(tls_registry.ca_file or "")
     config = write_config(tmp_path / "config.yaml", tls_registry.host, {"127.0.0.1:1": {"insecure": True}})
-    loaded = load_config(config)
+    loaded = settings_of(load_core_config(config, sections=SECTIONS))
     with CopyEngine(loaded) as engine:
         client = engine.client(tls_registry.host)
         with pytest.raises(Exception, match="(?i)certificate"):

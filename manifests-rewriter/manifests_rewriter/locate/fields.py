@@ -1,0 +1,89 @@
+"""What locators report: ImageField, and the Scalar regions and insertion points it carries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """One YAML scalar in the text.
+
+    `start`/`end` delimit the characters of the VALUE, the part a rewrite replaces:
+    plain: the scalar itself (without anchor/tag); quoted: inside the quotes; block
+    (`|`, `>`): the content after the header line, without indentation and line break.
+    `exact` is False when that region's raw text is not the value itself (escapes,
+    folded lines, multi-line or empty plain/block scalars): such a scalar cannot be
+    spliced safely and the rewriter refuses it."""
+
+    start: int
+    end: int
+    value: str  # the scalar's string content, as constructed
+    line: int  # 1-based line where the scalar node starts (its anchor/tag/block header)
+    style: str  # plain | single | double | literal | folded
+    exact: bool = True
+
+
+@dataclass(frozen=True)
+class Insertion:
+    """Where a missing key can be added to a mapping: insert
+    `before + "<key>: <value>" + after` at `offset` (kustomize `newName`)."""
+
+    offset: int
+    before: str
+    after: str
+
+
+class Parts(Mapping[str, Scalar]):
+    """An immutable, hashable name -> Scalar mapping (so ImageField stays hashable)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, Scalar] | Iterable[tuple[str, Scalar]] = ()) -> None:
+        self._items = dict(items)
+
+    def __getitem__(self, key: str) -> Scalar:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._items.items()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self._items) == dict(other)
+
+    def __repr__(self) -> str:
+        return f"Parts({self._items!r})"
+
+
+NO_PARTS = Parts()
+
+
+@dataclass(frozen=True)
+class ImageField:
+    """One image found in a file.
+
+    `value` is the image as the runtime will see it (for Helm split maps the reference
+    the chart renders). `scalar` is the one scalar to rewrite (pod, compose, hint, helm
+    plain strings); split Helm maps and kustomize entries use `parts` instead. An
+    aliased node reached twice gives two ImageFields sharing one Scalar."""
+
+    source: str  # pod | helm | kustomize | compose | hint
+    document: int  # 0-based, empty documents count (as yaml.safe_load_all)
+    path: str  # JSON pointer
+    value: str
+    line: int
+    scalar: Scalar | None
+    parts: Mapping[str, Scalar]
+    kind: str | None = None
+    namespace: str | None = None
+    name: str | None = None
+    container: str | None = None
+    note: str | None = None
+    insert: Insertion | None = None  # kustomize: where to add `newName` when absent

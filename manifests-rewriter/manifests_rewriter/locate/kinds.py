@@ -1,0 +1,68 @@
+"""What a file holds, so the right locator reads it: by name first, then by content."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+
+from yaml.nodes import MappingNode, Node
+
+from .document import root_pairs, text_of
+
+_COMPOSE_NAME = re.compile(r"(?:compose(?:\.[\w-]+)*|docker-compose[\w.-]*)\.ya?ml", re.IGNORECASE)
+_VALUES_NAME = re.compile(r"values[\w.-]*\.ya?ml", re.IGNORECASE)
+_KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+_NOT_VALUES = ("chart.yaml", "chart.lock", "requirements.yaml", "requirements.lock")
+
+
+def _is_compose_root(root: Node | None) -> bool:
+    pairs = root_pairs(root)
+    services = pairs.get("services")
+    if "apiVersion" in pairs or "kind" in pairs or not isinstance(services, MappingNode) or not services.value:
+        return False
+    # every service a mapping, one at least with its own image or build (others may
+    # get theirs through a merge key)
+    bodies = [root_pairs(service) for _, service in services.value]
+    return all(isinstance(s, MappingNode) for _, s in services.value) and any(
+        "image" in keys or "build" in keys for keys in bodies
+    )
+
+
+def _is_manifest_root(root: Node | None) -> bool:
+    pairs = root_pairs(root)
+    return "apiVersion" in pairs and "kind" in pairs
+
+
+def file_kind(filename: str, documents: Iterable[Node | None] = ()) -> str:
+    """What a file holds: "manifest", "helm-values", "kustomization" or "compose".
+
+    By name first (`kustomization.yaml`, `compose.yaml`, `docker-compose*.yml`,
+    `values*.yaml`), then by content (`kind: Kustomization`; a top-level `services:`
+    whose entries have `image`/`build`); a file next to a `Chart.yaml` that is not a
+    manifest is Helm values too."""
+    base = os.path.basename(filename)
+    if base in _KUSTOMIZATION_NAMES or base.lower() in _KUSTOMIZATION_NAMES[:2]:
+        return "kustomization"
+    if _COMPOSE_NAME.fullmatch(base):
+        return "compose"
+    if _VALUES_NAME.fullmatch(base):
+        return "helm-values"
+    documents = [d for d in documents if d is not None]
+    for root in documents:
+        kind = text_of(root_pairs(root).get("kind"))
+        if kind in ("Kustomization", "Component") and "kustomize" in (
+            text_of(root_pairs(root).get("apiVersion")) or ""
+        ):
+            return "kustomization"
+    if documents and all(_is_compose_root(d) for d in documents):
+        return "compose"
+    if (
+        base
+        and base.lower() not in _NOT_VALUES
+        and base.lower().endswith((".yaml", ".yml"))
+        and not any(_is_manifest_root(d) for d in documents)
+        and os.path.isfile(os.path.join(os.path.dirname(filename) or ".", "Chart.yaml"))  # last: a syscall
+    ):
+        return "helm-values"
+    return "manifest"

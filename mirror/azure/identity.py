@@ -1,0 +1,63 @@
+"""Entra ID tokens through azure-identity (the one module that imports it).
+
+`DefaultAzureCredential` covers `az login`, managed identity, workload identity and the
+service-principal `AZURE_*` environment variables; tests and callers may pass any azure-core
+`TokenCredential` instead. One default credential per process: it caches the tokens it gets.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from ..registry.errors import CredentialError
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
+ACR_SCOPE = "https://containerregistry.azure.net/.default"  # ACR's Entra ID audience
+ACR_AUDIENCE = ACR_SCOPE.removesuffix("/.default")
+
+_lock = threading.Lock()
+_default: TokenCredential | None = None
+
+
+def default_credential() -> TokenCredential:
+    """One `DefaultAzureCredential` per process."""
+    global _default
+    with _lock:
+        if _default is None:
+            from azure.identity import DefaultAzureCredential
+
+            _default = DefaultAzureCredential()
+        return _default
+
+
+class EntraIdTokenProvider:
+    """Access tokens for one scope from a TokenCredential (default: DefaultAzureCredential)."""
+
+    def __init__(self, credential: TokenCredential | None = None, scope: str = ACR_SCOPE) -> None:
+        self._credential = credential
+        self.scope = scope
+
+    @property
+    def name(self) -> str:
+        return type(self._credential).__name__ if self._credential is not None else "DefaultAzureCredential"
+
+    @property
+    def credential(self) -> TokenCredential:
+        return self._credential if self._credential is not None else default_credential()
+
+    def access_token(self) -> str:
+        try:
+            return self.credential.get_token(self.scope).token
+        except Exception as exc:  # azure-identity raises ClientAuthenticationError and others
+            message = str(exc).strip()[:1500] or type(exc).__name__
+            raise CredentialError(f"getting an Entra ID token for {self.scope} with {self.name}: {message}") from None
+
+    def __repr__(self) -> str:
+        return f"EntraIdTokenProvider({self.name}, {self.scope})"
+
+
+def default_entra_id() -> EntraIdTokenProvider:
+    return EntraIdTokenProvider()

@@ -1,0 +1,250 @@
+"""The pipeline: scan, plan, sync, rewrite, migrate, each a function that returns a value.
+
+DESIGN.md's stages (scan → plan → sync → verify → rewrite → check) as values: nothing here
+prints or exits (no click); mirror.cli turns a result into terminal output (mirror.terminal),
+reports (mirror.report) and an exit code (mirror.exits). Engines come from the registry in
+mirror.engines; what may be rewritten is decided by mirror.resolve.Resolver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from manifests_rewriter.errors import UsageError
+from manifests_rewriter.files import FileError
+from manifests_rewriter.model import Finding
+from manifests_rewriter.reference import ReferenceError, parse
+from manifests_rewriter.rewrite import RewriteResult, rewrite_paths
+from manifests_rewriter.scan import ScanResult, scan_paths
+
+from .context import Context
+from .engines import DEFAULT_ENGINE, create_engine
+from .engines.base import CopyResult, Engine
+from .plan import Plan, PlanEntry, plan_from_findings
+from .resolve import Resolver
+
+if TYPE_CHECKING:
+    from .bulk import RepoOutcome
+    from .cluster.patch import PatchResult
+
+
+# -- results -------------------------------------------------------------------------------------
+
+
+@dataclass
+class PlanRun:
+    plan: Plan
+    scan: ScanResult
+    warnings: list[str] = field(default_factory=list)  # images whose source could not be resolved
+
+
+@dataclass
+class SyncRun:
+    plan: Plan
+    copies: list[CopyResult]
+    dry_run: bool = False
+    scan: ScanResult = field(default_factory=ScanResult)
+    lock_failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PatchRun:
+    results: list[PatchResult]
+    errors: list[FileError]  # what the cluster scan could not read
+    applied: bool
+
+
+@dataclass
+class RepoRewrite:
+    outcomes: list[RepoOutcome]
+    results: dict[str, RewriteResult]  # per repository, what its rewrite skipped
+    push: bool
+
+
+@dataclass
+class RewriteRun:
+    files: RewriteResult | None = None
+    repos: RepoRewrite | None = None
+    cluster: PatchRun | None = None
+    write: bool = True
+    check: bool = False
+    diff: bool = False
+
+
+@dataclass
+class MigrationRun:
+    scan: ScanResult
+    plan: Plan
+    copies: list[CopyResult]
+    rewrite: RewriteResult | None
+    remaining: list[Finding]
+    dry_run: bool
+    lock_failures: list[str] = field(default_factory=list)
+
+
+# -- scan and plan -------------------------------------------------------------------------------
+
+
+def scan(context: Context, paths: Sequence[str]) -> ScanResult:
+    """Refused references in PATHs and, with --cluster, in running workloads."""
+    if not paths and not context.cluster.enabled:
+        raise UsageError("nothing to scan: give PATH arguments or --cluster")
+    settings = context.config.scan
+    result = scan_paths(paths, context.policy, context.to_target, max_bytes=settings.max_file_bytes,
+                        exclude=settings.exclude) if paths else ScanResult()
+    if context.cluster.enabled:
+        from .cluster.scan import scan_cluster
+
+        live = scan_cluster(context.api, context.policy, namespace=context.cluster.namespace,
+                            to_target=context.to_target)
+        result.findings.extend(live.findings)
+        result.warnings.extend(live.warnings)
+        result.errors.extend(live.errors)
+    return result
+
+
+def build_plan(context: Context, paths: Sequence[str], images: Sequence[str] = (), *,
+               resolve: bool = False) -> PlanRun:
+    """One entry per distinct refused image (plus --image ones); with `resolve`, each source's
+    digest and platforms as its registry says now."""
+    found = scan(context, paths) if paths or context.cluster.enabled else ScanResult()
+    plan = plan_from_findings(found.findings, context.config.target_registry, context.config.naming)
+    known = {e.source for e in plan.entries}
+    for text in images:
+        try:
+            ref = parse(text)
+        except ReferenceError as exc:
+            raise UsageError(f"--image {exc}") from None
+        if str(ref) not in known:
+            plan.entries.append(PlanEntry(str(ref), str(context.to_target(ref)), found=[{"image": text}]))
+            known.add(str(ref))
+    plan.entries.sort(key=lambda e: e.source)
+    run = PlanRun(plan, found)
+    if resolve and plan.entries:
+        with create_engine(DEFAULT_ENGINE, context.settings) as engine:  # reads the source registries only
+            for entry in plan.entries:
+                status = engine.status(entry.mapping())
+                if status.error:
+                    run.warnings.append(f"{entry.source}: {status.error}")
+                if status.digest and not entry.digest:
+                    entry.digest = status.digest
+                elif status.digest and entry.digest != status.digest and not parse(entry.source).digest:
+                    entry.drift = f"{entry.source} now points to {status.digest}; {entry.digest} runs"
+                entry.platforms = list(status.platforms or [])
+    return run
+
+
+# -- sync ----------------------------------------------------------------------------------------
+
+
+def engine_for(context: Context, name: str | None = None) -> Engine:
+    return create_engine(name or context.settings.copy.engine, context.settings, progress=context.progress)
+
+
+def sync(context: Context, plan: Plan, *, engine: str | None = None, dry_run: bool = False,
+         fail_fast: bool = False, found: ScanResult | None = None) -> SyncRun:
+    """Copy the plan's images (or, dry, say whether each is there already)."""
+    mappings = plan.mappings()
+    with engine_for(context, engine) as copier:
+        copies = [copier.status(m) for m in mappings] if dry_run else copier.copy_all(mappings, fail_fast=fail_fast)
+    run = SyncRun(plan, copies, dry_run, found or ScanResult())
+    if not dry_run:
+        run.lock_failures = lock_mirrored(context, copies)
+    return run
+
+
+def lock_mirrored(context: Context, copies: Sequence[CopyResult]) -> list[str]:
+    """With copy.lock (ACR): make each mirrored image read-only. Returns the failures, one line each."""
+    if not context.settings.copy.lock:
+        return []
+    from .azure.acr_lock import LockError, lock_image
+
+    failures = []
+    for result in copies:
+        if result.status not in ("copied", "present"):
+            continue
+        target = parse(result.target)
+        try:
+            lock_image(target.registry, target.repository, result.target_digest or result.digest or target.reference,
+                       settings=context.settings.registry(target.registry))
+        except LockError as exc:
+            result.add_note(f"not locked: {exc}")
+            failures.append(str(exc))
+    return failures
+
+
+# -- rewrite -------------------------------------------------------------------------------------
+
+
+def rewrite_files(context: Context, paths: Sequence[str], resolver: Resolver, *, write: bool) -> RewriteResult:
+    settings = context.config.scan
+    return rewrite_paths(paths, context.policy, resolver, write=write, max_bytes=settings.max_file_bytes,
+                         exclude=settings.exclude)
+
+
+def rewrite_repos(context: Context, resolver: Resolver, repos: Sequence[Path], *, branch: str, push: bool,
+                  remote: str) -> RepoRewrite:
+    """One branch and one commit per clean checkout (mirror.bulk)."""
+    from .bulk import BulkError, bulk_rewrite
+
+    results: dict[str, RewriteResult] = {}
+
+    def rewrite_repo(repo: Path, write: bool = True) -> RewriteResult:
+        results[str(repo)] = result = rewrite_files(context, [str(repo)], resolver, write=write)
+        return result
+
+    try:
+        outcomes = bulk_rewrite(list(repos), rewrite_repo, branch=branch, push=push, remote=remote)
+    except BulkError as exc:
+        raise UsageError(str(exc)) from None
+    return RepoRewrite(outcomes, results, push)
+
+
+def patch_cluster(context: Context, resolver: Resolver, *, apply: bool, force: bool) -> PatchRun:
+    """Patch the owners' image fields in live workloads (never pods), verified images only."""
+    from manifests_rewriter.model import Mapping
+
+    from .cluster.patch import apply_patches, plan_patches
+    from .cluster.scan import scan_cluster
+
+    live = scan_cluster(context.api, context.policy, namespace=context.cluster.namespace,
+                        to_target=context.to_target)
+    plans = plan_patches(context.api, live.findings, context.to_target,
+                         lambda source, target, digest: resolver.verify(Mapping(source, target), digest) is None,
+                         force=force)
+    return PatchRun(apply_patches(context.api, plans, dry_run=not apply), list(live.errors), apply)
+
+
+# -- migrate -------------------------------------------------------------------------------------
+
+
+def migrate(context: Context, paths: Sequence[str], *, dry_run: bool = False, engine: str | None = None) -> MigrationRun:
+    """scan, plan, sync, verify, rewrite, check: a reference is rewritten only when its image was
+    copied (or found present) and a fresh look at the target confirms the source's digest there."""
+    found = scan(context, paths)
+    plan = plan_from_findings(found.findings, context.config.target_registry, context.config.naming)
+    if context.progress is not None:
+        context.progress("scanned", {"findings": len(found.findings), "images": len(plan.entries),
+                                     "warnings": len(found.warnings), "errors": len(found.errors)})
+    mappings = plan.mappings()
+    with engine_for(context, engine) as copier:
+        copies = [copier.status(m) for m in mappings] if dry_run else copier.copy_all(mappings)
+        lock_failures = [] if dry_run else lock_mirrored(context, copies)
+        done = ("planned", "present") if dry_run else ("copied", "present")
+        resolver = Resolver(
+            context.to_target, copier, verify=not dry_run,
+            # keys are the references as written: a planned digest pins the copy, not the rewrite
+            expected={e.source: r.target_digest or r.digest for e, r in zip(plan.entries, copies, strict=True)},
+            refused={e.source: r.error or r.status for e, r in zip(plan.entries, copies, strict=True)
+                     if r.status not in done},
+            only=[e.source for e in plan.entries])
+        rewritten = rewrite_files(context, paths, resolver, write=not dry_run) if paths else None
+    # check: what admission would still refuse in the files (after the rewrite), and what runs
+    settings = context.config.scan
+    remaining = scan_paths(paths, context.policy, context.to_target, max_bytes=settings.max_file_bytes,
+                           exclude=settings.exclude).findings if paths else []
+    remaining += [f for f in found.findings if f.file is None]  # live objects change through `rewrite --cluster`
+    return MigrationRun(found, plan, copies, rewritten, remaining, dry_run, lock_failures)

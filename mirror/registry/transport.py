@@ -1,0 +1,238 @@
+"""HTTP to registries, in one place (the only module that uses httpx).
+
+A `Transport` is one registry host's connection pool with its TLS settings, timeouts,
+User-Agent, request limit, redirect rule and request counters. The registry client, the
+token flows (Basic, Bearer, ACR's Entra ID exchange) and anything else that talks to a
+registry host go through it, so limits, counters and error handling apply to all of them.
+
+Where requests go (`base_urls`): `registries.<host>.endpoint` when set (a mirror, proxy or
+private endpoint; image names keep the host), Docker Hub's API host for docker.io, else the
+host itself; https first, plain http second only for a host marked `insecure`.
+
+TLS (`tls_verify`), one precedence: `ca_file` set: verified against that CA (and the
+system's); else `insecure: true`: not verified; else verified against the system's CAs.
+
+Credentials (`authorization=`) are attached only to requests whose origin (scheme, host,
+port) is the one they belong to: a redirect to any other origin, including a scheme or port
+change on the same host, is followed without them.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from manifests_rewriter.reference import DOCKER_HUB_API_HOST, is_docker_hub
+
+from .. import __version__
+from ..settings import RegistrySettings
+from .errors import RegistryError
+
+Response = httpx.Response  # what `send` returns; callers use its status, headers and body only
+USER_AGENT = f"acr-mirror/{__version__}"
+MAX_REDIRECTS = 5
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def base_urls(host: str, settings: RegistrySettings) -> list[str]:
+    """The base URLs to try for `host`, in order (see the module docstring)."""
+    endpoint = (settings.endpoint or "").rstrip("/")
+    if endpoint.startswith(("http://", "https://")):
+        return [endpoint]
+    target = endpoint or (DOCKER_HUB_API_HOST if is_docker_hub(host) else host)
+    return [f"https://{target}"] + ([f"http://{target}"] if settings.insecure else [])
+
+
+def tls_verify(host: str, settings: RegistrySettings) -> ssl.SSLContext | bool:
+    """How to check `host`'s certificate (see the module docstring)."""
+    if settings.ca_file:
+        context = ssl.create_default_context()
+        try:
+            context.load_verify_locations(cafile=settings.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise RegistryError(f"load CA file {settings.ca_file} for {host}", message=str(exc)) from None
+        return context
+    if settings.insecure:
+        return False
+    return ssl.create_default_context()
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a URL: what "the same place" means for credentials."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(scheme, 0)
+    except ValueError:
+        port = -1
+    return scheme, (parts.hostname or "").lower(), port
+
+
+class HostLimiter:
+    """At most `limit` requests in flight to one host. Re-entrant per thread, so a thread
+    that holds a slot (a blob stream) can make further requests to the same host."""
+
+    def __init__(self, limit: int):
+        self.limit = max(1, limit)
+        self._semaphore = threading.BoundedSemaphore(self.limit)
+        self._local = threading.local()
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        depth = getattr(self._local, "depth", 0)
+        if depth == 0:
+            self._semaphore.acquire()
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
+            if depth == 0:
+                self._semaphore.release()
+
+
+class Transport:
+    """One registry host's HTTP. Thread-safe; share one per host."""
+
+    def __init__(self, host: str, settings: RegistrySettings | None = None, *, timeout: float = 60.0,
+                 max_in_flight: int = 8):
+        self.host = host
+        self.settings = settings or RegistrySettings()
+        self.limiter = HostLimiter(max_in_flight)
+        self.requests: Counter[str] = Counter()  # method -> requests sent (token requests included)
+        self.observers: list[Callable[[Response], None]] = []  # see every response (rate-limit headers)
+        self._timeout = httpx.Timeout(timeout, connect=min(timeout, 15.0))
+        self._pool_size = max(20, 2 * self.limiter.limit)
+        self._http = self._new_http(tls_verify(host, self.settings))
+        self._foreign: httpx.Client | None = None  # other origins (redirect targets, token realms)
+        self._lock = threading.Lock()
+
+    def _new_http(self, verify: ssl.SSLContext | bool) -> httpx.Client:
+        return httpx.Client(
+            verify=verify, timeout=self._timeout, follow_redirects=False,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=self._pool_size),
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    def _client_for(self, url: str) -> httpx.Client:
+        """This host's client for its own base URLs; a default-TLS client for anything else."""
+        if any(origin(url) == origin(base) for base in base_urls(self.host, self.settings)):
+            return self._http
+        with self._lock:
+            if self._foreign is None:
+                self._foreign = self._new_http(True)
+            return self._foreign
+
+    def close(self) -> None:
+        self._http.close()
+        if self._foreign is not None:
+            self._foreign.close()
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        with self.limiter.slot():
+            yield
+
+    def send(self, method: str, url: str, operation: str, *, headers: dict[str, str] | None = None,
+             content: Any = None, data: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
+             authorization: str | None = None, authorization_origin: str | None = None,
+             follow: bool = False, stream: bool = False) -> Response:
+        """One request (and, with `follow`, its redirects). `authorization` is sent only to the
+        origin of `authorization_origin` (default: `url` itself). With `stream` the caller reads
+        and closes the response; otherwise the body is read here. Transport failures raise
+        RegistryError ("doing what: cause", retryable for timeouts and resets)."""
+        own = origin(authorization_origin or url)
+        hops = 0
+        while True:
+            request_headers = dict(headers or {})
+            if authorization and origin(url) == own:
+                request_headers["Authorization"] = authorization
+            client = self._client_for(url)
+            request = client.build_request(method, url, headers=request_headers, content=content, data=data,
+                                           params=params)
+            try:
+                response = client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                raise transport_error(operation, exc) from None
+            with self._lock:
+                self.requests[method] += 1
+            for observe in self.observers:
+                observe(response)
+            if follow and response.status_code in REDIRECT_STATUSES and "location" in response.headers:
+                response.close()
+                hops += 1
+                url = urljoin(url, response.headers["location"])
+                if hops > MAX_REDIRECTS:
+                    raise RegistryError(operation, response.status_code,
+                                        message=f"too many redirects ({hops}), the last to {urlsplit(url).netloc}")
+                params = None  # the Location carries its own query
+                continue
+            break
+        if not stream:
+            try:
+                response.read()
+            except httpx.HTTPError as exc:
+                raise transport_error(operation, exc) from None
+            finally:
+                response.close()
+        return response
+
+    @staticmethod
+    def body(response: Response, operation: str) -> Iterator[bytes]:
+        """A streamed response's body as it arrives (raw: no decoding), errors as RegistryError."""
+        try:
+            yield from response.iter_raw()
+        except httpx.HTTPError as exc:
+            raise transport_error(operation, exc) from None
+
+    @staticmethod
+    def content(response: Response) -> bytes:
+        """The body already read, or b"" for a streamed one nobody read."""
+        try:
+            return response.content
+        except httpx.ResponseNotRead:
+            return b""
+
+    @classmethod
+    def read_limited(cls, response: Response, limit: int, operation: str, what: str,
+                     codes: tuple[str, ...] = ()) -> bytes:
+        """A streamed body, refused (RegistryError) as soon as it exceeds `limit` bytes."""
+        declared = int(response.headers.get("content-length", -1) or -1)
+        bound = f"{limit >> 20} MiB" if limit % (1 << 20) == 0 else f"{limit:,} bytes"
+        if declared > limit:
+            raise RegistryError(operation, response.status_code, codes,
+                                f"{what} of {declared:,} bytes is over the {bound} limit")
+        body = bytearray()
+        for piece in cls.body(response, operation):
+            body += piece
+            if len(body) > limit:
+                raise RegistryError(operation, response.status_code, codes, f"{what} is over the {bound} limit")
+        return bytes(body)
+
+
+def _is_tls_error(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "SSL" in str(exc) or "certificate" in str(exc).lower()
+
+
+def transport_error(operation: str, exc: BaseException) -> RegistryError:
+    """Timeouts, resets and refused connections may pass; an untrusted certificate will not."""
+    if isinstance(exc, httpx.TimeoutException):
+        return RegistryError(operation, message=f"timed out ({type(exc).__name__})", retryable=True, transport="timeout")
+    if _is_tls_error(exc) and isinstance(exc, httpx.ConnectError):
+        return RegistryError(operation, message=f"TLS failed: {exc}", retryable=False, transport="tls")
+    text = str(exc) or type(exc).__name__
+    kind = "connect" if isinstance(exc, httpx.ConnectError | httpx.RemoteProtocolError | httpx.ReadError) else "other"
+    return RegistryError(operation, message=f"connection failed: {text}", retryable=True, transport=kind)

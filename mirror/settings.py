@@ -1,0 +1,140 @@
+"""The configuration sections acr-mirror owns: `registries`, `copy`, `docker`.
+
+The offline core (manifests_rewriter.config) parses `target`, `policy` and `scan`; it calls
+the parsers in SECTIONS for the rest. A new section is a dataclass, a parser and one line in
+SECTIONS; `settings_of(config)` gives the typed values back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from manifests_rewriter.config import Config, ConfigError, SectionParser, check_section, string_list
+
+from .engines import ENGINES
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    endpoint: str | None = None  # send this host's requests here (mirror, proxy, private endpoint)
+    insecure: bool = False  # plain HTTP or unverified TLS, for this host only
+    ca_file: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    password_env: str | None = None  # name of an environment variable holding the password
+    auth: str = "auto"  # auto | anonymous | basic | docker | azure
+    tenant: str | None = None  # Entra ID tenant for the ACR token exchange
+
+    def resolved_password(self) -> str | None:
+        if self.password_env:
+            return os.environ.get(self.password_env)
+        return self.password
+
+
+@dataclass(frozen=True)
+class CopySettings:
+    engine: str = "registry"  # a name in mirror.engines.ENGINES
+    platforms: tuple[str, ...] | None = None  # None: all platforms
+    concurrency: int = 8
+    per_registry_limit: int = 8  # requests in flight per registry host
+    signatures: bool = True  # referrers and cosign .sig/.att/.sbom tags come along
+    lock: bool = False  # ACR only: make mirrored images read-only (can_write=False)
+    retries: int = 5
+    timeout: float = 60.0  # seconds per request (connect/read)
+
+
+@dataclass(frozen=True)
+class DockerSettings:
+    host: str | None = None  # DOCKER_HOST when unset
+    tls_verify: bool = False
+    cert_path: str | None = None
+    allow_digest_change: bool = False  # rewrite digest-pinned references by tag after a docker-engine copy
+
+
+@dataclass(frozen=True)
+class MirrorSettings:
+    """What the registry side needs: per-host settings, how to copy, which Docker engine."""
+
+    registries: Mapping[str, RegistrySettings] = field(default_factory=dict)
+    copy: CopySettings = field(default_factory=CopySettings)
+    docker: DockerSettings = field(default_factory=DockerSettings)
+
+    def registry(self, host: str) -> RegistrySettings:
+        return self.registries.get(host, RegistrySettings())
+
+
+_REGISTRY_KEYS: dict[str, type | tuple[type, ...]] = {
+    "endpoint": str, "insecure": bool, "ca_file": str, "username": str, "password": str,
+    "password_env": str, "auth": str, "tenant": str,
+}
+AUTH_MODES = ("auto", "anonymous", "basic", "docker", "azure")
+_COPY_KEYS: dict[str, type | tuple[type, ...]] = {
+    "engine": str, "platforms": (str, list), "concurrency": int, "per_registry_limit": int,
+    "signatures": bool, "lock": bool, "retries": int, "timeout": (int, float),
+}
+_DOCKER_KEYS: dict[str, type | tuple[type, ...]] = {
+    "host": str, "tls_verify": bool, "cert_path": str, "allow_digest_change": bool,
+}
+
+
+def parse_registries(where: str, data: Any, warnings: list[str]) -> dict[str, RegistrySettings]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping of host to settings")
+    registries: dict[str, RegistrySettings] = {}
+    for host, settings in data.items():
+        at = f"{where}.{host}"
+        section = check_section(at, settings, _REGISTRY_KEYS)
+        if section.get("auth", "auto") not in AUTH_MODES:
+            raise ConfigError(f"{at}.auth: must be one of {', '.join(AUTH_MODES)}")
+        if section.get("password"):
+            warnings.append(f"{at}.password: a password in plain text in the config file; "
+                            f"prefer password_env, a Docker credential helper or Entra ID")
+        registries[str(host)] = RegistrySettings(**section)
+    return registries
+
+
+def parse_copy(where: str, data: Any, warnings: list[str]) -> CopySettings:
+    section = check_section(where, data, _COPY_KEYS)
+    engine = section.get("engine", "registry")
+    if engine not in ENGINES:
+        raise ConfigError(f"{where}.engine must be one of {', '.join(repr(e) for e in ENGINES)}, not {engine!r}")
+    platforms_value = section.get("platforms", "all")
+    platforms: tuple[str, ...] | None
+    if platforms_value in (None, "all"):
+        platforms = None
+    elif isinstance(platforms_value, list):
+        platforms = string_list(f"{where}.platforms", platforms_value)
+    else:
+        raise ConfigError(f"{where}.platforms must be 'all' or a list such as [linux/amd64]")
+    for name in ("concurrency", "per_registry_limit"):
+        if section.get(name, 1) < 1:
+            raise ConfigError(f"{where}.{name} must be at least 1")
+    return CopySettings(**{**section, "engine": engine, "platforms": platforms})
+
+
+def parse_docker(where: str, data: Any, warnings: list[str]) -> DockerSettings:
+    return DockerSettings(**check_section(where, data, _DOCKER_KEYS))
+
+
+# The sections acr-mirror owns: one line each.
+SECTIONS: dict[str, SectionParser] = {
+    "registries": parse_registries,
+    "copy": parse_copy,
+    "docker": parse_docker,
+}
+
+
+def settings_of(config: Config) -> MirrorSettings:
+    """The typed settings of a config parsed with SECTIONS (defaults for a bare Config)."""
+    sections = config.sections
+
+    def get(name: str, default: Any) -> Any:
+        value = sections.get(name)
+        return default if value is None else value
+
+    return MirrorSettings(get("registries", {}), get("copy", CopySettings()), get("docker", DockerSettings()))
