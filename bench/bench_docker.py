@@ -4,7 +4,7 @@ The image set is bench_sync's (issue 3): 10 single-platform images sharing 3 of 
 one 2-platform index, one single-layer large image; seeded once into a local source registry.
 Each contender copies all 12 images cold into the same target registry (wiped before each):
 
-- the registry engine (`mirror.copy.CopyEngine.copy_all`, in a fresh process, as bench_sync runs it);
+- the registry engine (`mirror.engines.registry.RegistryEngine.copy_all`, in a fresh process, as bench_sync runs it);
 - `DockerEngine.copy_all` on a private dockerd, started for the run with an empty image store;
 - `DockerEngine.copy_all` on podman's Docker-compatible service, likewise.
 
@@ -30,12 +30,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "manifests-rewriter")]
 
-from manifests_rewriter.config import Config, CopySettings, DockerSettings, RegistrySettings  # noqa: E402
 from manifests_rewriter.model import Mapping  # noqa: E402
 from manifests_rewriter.reference import parse  # noqa: E402
-from mirror.docker_engine import DockerEngine  # noqa: E402
+from mirror.engines.docker import DockerEngine  # noqa: E402
 from mirror.registry.client import RegistryClient  # noqa: E402
-from mirror.registry.credentials import Credentials  # noqa: E402
+from mirror.registry.credentials import Credentials, fixed_keychain  # noqa: E402
+from mirror.settings import CopySettings, DockerSettings, MirrorSettings, RegistrySettings  # noqa: E402
 from tests.support.engines import DaemonStartError, running_daemon  # noqa: E402
 from tests.support.images import OciImage  # noqa: E402
 from tests.support.registries import Registry  # noqa: E402
@@ -115,10 +115,10 @@ def docker_run(kind: str, source: Registry, target: Registry, refs: list[str]) -
     """DockerEngine.copy_all on a fresh daemon (empty image store); then a no-op re-run."""
     with running_daemon(kind, [source.host, target.host]) as daemon:
         hosts = {source.host: RegistrySettings(insecure=True), target.host: RegistrySettings(insecure=True)}
-        config = Config(target_registry=target.host, registries=hosts, copy=CopySettings(concurrency=8),
-                        docker=DockerSettings(host=daemon.base_url))
+        config = MirrorSettings(registries=hosts, copy=CopySettings(concurrency=8),
+                                docker=DockerSettings(host=daemon.base_url))
         mappings = [Mapping(parse(source.ref(r)), parse(target.ref(r))) for r in refs]
-        with DockerEngine(config, credentials=lambda host: Credentials()) as engine:
+        with DockerEngine(config, keychain=fixed_keychain(lambda host: Credentials())) as engine:
             label = engine.daemon.label
             start = time.perf_counter()
             results = engine.copy_all(mappings)
@@ -137,12 +137,12 @@ def docker_run(kind: str, source: Registry, target: Registry, refs: list[str]) -
 
 
 def registry_run(source: Registry, target: Registry, refs: list[str]) -> Run:
-    """bench_sync's worker: CopyEngine in a fresh process, timed around copy_all; then a no-op re-run."""
+    """bench_sync's worker: RegistryEngine in a fresh process, timed around copy_all; then a no-op re-run."""
     cold = run_engine(source, target, refs)
     if cold["failed"]:
         raise RuntimeError(f"registry engine: {cold['failed']}")
     noop = run_engine(source, target, refs)
-    return Run("CopyEngine (registry API)", cold["seconds"], noop["seconds"], cold["bytes_moved"],
+    return Run("RegistryEngine (registry API)", cold["seconds"], noop["seconds"], cold["bytes_moved"],
                fidelity(source, target, refs, ""))
 
 

@@ -1,11 +1,11 @@
-"""Sync throughput: acr-mirror's CopyEngine vs skopeo, on local registries seeded in this run.
+"""Sync throughput: acr-mirror's registry engine vs skopeo, on local registries seeded in this run.
 
 The set (issue 3): 10 single-platform images sharing 3 of their 5 layers (~460 MiB of unique
 blobs at --scale 1), one 2-platform index, one single-layer image of --large-mib MiB.
 Measured side by side on the same two registries, the target wiped before every cold run:
 
 - the bare PUT ceiling (one blob PUT with http.client, no client work to speak of);
-- `CopyEngine.copy_all` (in a fresh process, timed around the call) vs `skopeo sync --all`
+- `RegistryEngine.copy_all` (in a fresh process, timed around the call) vs `skopeo sync --all`
   vs `skopeo copy --all` per image, on the 10 images; best of --repeat;
 - bytes moved vs the unique blob bytes; the no-op re-sync of all 12 images (fresh engine);
 - the large image: time and peak RSS of the copying process (goal < 150 MB, even at 1 GiB).
@@ -131,7 +131,7 @@ def bare_put(target: Registry, size: int, seed: str) -> float:
 
 
 def run_engine(source: Registry, target: Registry, refs: list[str]) -> dict[str, Any]:
-    """CopyEngine.copy_all in a fresh process: its own time, bytes and peak RSS."""
+    """RegistryEngine.copy_all in a fresh process: its own time, bytes and peak RSS."""
     spec = {"source": source.host, "target": target.host, "refs": refs}
     out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
                          timeout=900)
@@ -150,15 +150,16 @@ def peak_rss_mb() -> float:
 
 
 def worker(spec: dict[str, Any]) -> None:
-    from manifests_rewriter.config import Config, CopySettings, RegistrySettings
     from manifests_rewriter.model import Mapping
     from manifests_rewriter.reference import parse
-    from mirror.copy import CopyEngine
+    from mirror.engines.registry import RegistryEngine
+    from mirror.registry.credentials import fixed_keychain
+    from mirror.settings import CopySettings, MirrorSettings, RegistrySettings
 
     hosts = {spec["source"]: RegistrySettings(insecure=True), spec["target"]: RegistrySettings(insecure=True)}
-    config = Config(target_registry=spec["target"], registries=hosts, copy=CopySettings(concurrency=8))
+    config = MirrorSettings(registries=hosts, copy=CopySettings(concurrency=8))
     mappings = [Mapping(parse(f"{spec['source']}/{r}"), parse(f"{spec['target']}/{r}")) for r in spec["refs"]]
-    with CopyEngine(config, credentials=lambda host: None) as engine:
+    with RegistryEngine(config, keychain=fixed_keychain(lambda host: None)) as engine:
         start = time.perf_counter()
         results = engine.copy_all(mappings)
         elapsed = time.perf_counter() - start
