@@ -37,7 +37,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -81,11 +81,11 @@ def sdk_api_versions() -> dict[str, str]:
     with contextlib.suppress(ImportError):
         from azure.mgmt.containerregistry._configuration import ContainerRegistryManagementClientConfiguration
 
-        found["acr"] = ContainerRegistryManagementClientConfiguration(object(), SUBSCRIPTION).api_version
+        found["acr"] = ContainerRegistryManagementClientConfiguration(RecordingCredential(""), SUBSCRIPTION).api_version
     with contextlib.suppress(ImportError):
         from azure.mgmt.resource.policy._configuration import PolicyClientConfiguration
 
-        found["policy"] = PolicyClientConfiguration(object(), SUBSCRIPTION).api_version
+        found["policy"] = PolicyClientConfiguration(RecordingCredential(""), SUBSCRIPTION).api_version
     return found
 
 
@@ -213,7 +213,7 @@ class Operation:
     end: str | None = None
     body: dict[str, Any] | None = None  # the request body (importImage), for assertions
     done: threading.Event = field(default_factory=threading.Event)
-    finish: Callable[[], None] | None = None  # applied once when the operation completes
+    finish: Callable[[], object] | None = None  # applied once when the operation completes
 
     def complete(self, error: ArmError | None = None) -> None:
         if error is None:
@@ -244,7 +244,7 @@ class ArmRequest:
 
     @property
     def api_version(self) -> str | None:
-        return (self.query.get("api-version") or [None])[0]
+        return self.query["api-version"][0] if self.query.get("api-version") else None
 
 
 # --------------------------------------------------------------------------- policy store
@@ -341,7 +341,7 @@ class PolicyStore:
     def add_set_definition(
         self,
         name: str,
-        policy_definitions: list[Mapping[str, Any]],
+        policy_definitions: Sequence[Mapping[str, Any]],
         *,
         parameters: Mapping[str, Any] | None = None,
         scope: str = "",
@@ -349,7 +349,7 @@ class PolicyStore:
     ) -> dict[str, Any]:
         """An initiative: ``policy_definitions`` are ``{"policyDefinitionId", "policyDefinitionReferenceId",
         "parameters": {name: {"value": ...}}}`` entries."""
-        resource = {
+        resource: dict[str, Any] = {
             "id": f"{scope}/providers/{AUTH_NS}/policySetDefinitions/{name}",
             "name": name,
             "type": f"{AUTH_NS}/policySetDefinitions",
@@ -603,7 +603,9 @@ class ArmServer:
 
     def requests(self, method: str | None = None, contains: str = "") -> list[ArmRequest]:
         with self._lock:
-            return [r for r in self.log if (method is None or r.method == method) and contains.lower() in r.path.lower()]
+            return [
+                r for r in self.log if (method is None or r.method == method) and contains.lower() in r.path.lower()
+            ]
 
     def imports(self) -> list[Operation]:
         return [op for op in self.operations.values() if op.kind == "importImage"]
@@ -623,7 +625,7 @@ class ArmServer:
                 {"Retry-After": str(throttled)},
             )
         path = re.sub(r"/+", "/", path).rstrip("/") or "/"
-        api_version = (query.get("api-version") or [None])[0]
+        api_version = query["api-version"][0] if query.get("api-version") else None
         if api_version is None:
             raise ArmError(
                 400,
@@ -679,19 +681,27 @@ class ArmServer:
             re.IGNORECASE,
         )
         if m is None:
-            raise ArmError(404, "InvalidResourceType", f"The resource type could not be found in the namespace '{ACR_NS}'.")
+            raise ArmError(
+                404, "InvalidResourceType", f"The resource type could not be found in the namespace '{ACR_NS}'."
+            )
         subscription, group, name, child, child_name = m.groups()
         self.check_subscription(subscription)
         if group is not None and group.lower() not in self.resource_groups:
             raise ArmError(404, "ResourceGroupNotFound", f"Resource group '{group}' could not be found.")
         if name is None:
             if method != "GET":
-                raise ArmError(405, "MethodNotAllowed", f"The requested resource does not support http method '{method}'.")
-            found = [a.to_json() for a in self.acrs.values() if group is None or a.resource_group.lower() == group.lower()]
+                raise ArmError(
+                    405, "MethodNotAllowed", f"The requested resource does not support http method '{method}'."
+                )
+            found = [
+                a.to_json() for a in self.acrs.values() if group is None or a.resource_group.lower() == group.lower()
+            ]
             return self.page(found, path, query)
         if group is None:
             raise ArmError(404, "NotFound", f"No HTTP resource was found that matches the request URI '{path}'.")
-        acr = self.acrs.get(_key(f"/subscriptions/{subscription}/resourceGroups/{group}/providers/{ACR_NS}/registries/{name}"))
+        acr = self.acrs.get(
+            _key(f"/subscriptions/{subscription}/resourceGroups/{group}/providers/{ACR_NS}/registries/{name}")
+        )
         if acr is None:
             raise not_found(f"{ACR_NS}/registries", name, group)
         if child is None:
@@ -717,7 +727,9 @@ class ArmServer:
         if start + size < len(items) and "$top" not in query:
             rest = {k: v[0] for k, v in query.items() if k != "$skipToken"}
             rest["$skipToken"] = str(start + size)
-            body["nextLink"] = self.url + quote(path) + "?" + "&".join(f"{k}={quote(v, safe='()')}" for k, v in rest.items())
+            body["nextLink"] = (
+                self.url + quote(path) + "?" + "&".join(f"{k}={quote(v, safe='()')}" for k, v in rest.items())
+            )
         return _Answer(200, body)
 
     def new_operation(self, kind: str, resource_id: str, prefix: str) -> Operation:
@@ -824,10 +836,14 @@ class ArmServer:
     ) -> _Answer:
         if name is None:
             if method != "GET":
-                raise ArmError(405, "MethodNotAllowed", f"The requested resource does not support http method '{method}'.")
+                raise ArmError(
+                    405, "MethodNotAllowed", f"The requested resource does not support http method '{method}'."
+                )
             return self.page(list(store.values()), f"{acr.id}/{kind}", query)
         if not re.fullmatch(r"[a-zA-Z0-9-]{5,50}", name):
-            raise ArmError(400, "InvalidResourceName", f"The resource name '{name}' is invalid: 5-50 alphanumerics or '-'.")
+            raise ArmError(
+                400, "InvalidResourceName", f"The resource name '{name}' is invalid: 5-50 alphanumerics or '-'."
+            )
         existing = store.get(name.lower())
         resource_type = f"{ACR_NS}/registries/{kind}"
         if method == "GET":
@@ -839,9 +855,17 @@ class ArmServer:
             if existing is None:
                 return _Answer(204, None)
             if kind == "credentialSets":
-                users = [r["name"] for r in acr.cache_rules.values() if _key(r["properties"].get("credentialSetResourceId") or "") == _key(existing["id"])]
+                users = [
+                    r["name"]
+                    for r in acr.cache_rules.values()
+                    if _key(r["properties"].get("credentialSetResourceId") or "") == _key(existing["id"])
+                ]
                 if users:
-                    raise ArmError(400, "InvalidParameters", f"The credential set '{name}' is used by cache rules: {', '.join(users)}.")
+                    raise ArmError(
+                        400,
+                        "InvalidParameters",
+                        f"The credential set '{name}' is used by cache rules: {', '.join(users)}.",
+                    )
             existing["properties"]["provisioningState"] = "Deleting"
             op = self.new_operation(kind, existing["id"], kind.lower())
             op.finish = lambda: store.pop(name.lower(), None)
@@ -850,7 +874,9 @@ class ArmServer:
         if method not in ("PUT", "PATCH"):
             raise ArmError(405, "MethodNotAllowed", f"The requested resource does not support http method '{method}'.")
         if not isinstance(body, dict) or not isinstance(body.get("properties", {}), dict):
-            raise ArmError(400, "InvalidRequestContent", "The request content was invalid and could not be deserialized.")
+            raise ArmError(
+                400, "InvalidRequestContent", "The request content was invalid and could not be deserialized."
+            )
         props = body.get("properties") or {}
         if method == "PATCH":
             if existing is None:
@@ -870,7 +896,9 @@ class ArmServer:
                 "type": resource_type,
                 "properties": {k: v for k, v in props.items() if k not in ("provisioningState", "creationDate")},
             }
-            resource["properties"]["creationDate"] = (existing or {}).get("properties", {}).get("creationDate") or _now()
+            resource["properties"]["creationDate"] = (existing or {}).get("properties", {}).get(
+                "creationDate"
+            ) or _now()
             if kind == "credentialSets":
                 resource["identity"] = self.identity(body.get("identity") or {"type": "SystemAssigned"})
         if kind == "cacheRules":
@@ -898,7 +926,9 @@ class ArmServer:
         for other in acr.cache_rules.values():
             if other["name"].lower() != name.lower() and other["properties"]["targetRepository"] == target:
                 raise ArmError(
-                    400, "InvalidParameters", f"The target repository '{target}' is used by cache rule '{other['name']}'."
+                    400,
+                    "InvalidParameters",
+                    f"The target repository '{target}' is used by cache rule '{other['name']}'.",
                 )
         if new and len(acr.cache_rules) >= self.cache_rule_limit:
             raise ArmError(
@@ -977,7 +1007,9 @@ class ArmServer:
         if kind in ("policyassignments", "policyexemptions"):
             store = self.policy.assignments if kind == "policyassignments" else self.policy.exemptions
             if name is None:
-                chosen = self.policy._select(store, scope or "/", flt, "exemptions" if family == "exemptions" else "assignments")
+                chosen = self.policy._select(
+                    store, scope or "/", flt, "exemptions" if family == "exemptions" else "assignments"
+                )
                 return self.page(chosen, path, query)
             found = store.get(_key(path))
             if found is None:
@@ -1060,14 +1092,18 @@ class ImportJob:
         src_opts.append(f"--src-creds={creds[0]}:{creds[1]}" if creds else "--src-no-creds")
         inspect_opts = [o.replace("--src-", "--") for o in src_opts]
         separator = "@" if reference.startswith("sha256:") else ":"
-        found = skopeo("inspect", "--raw", *inspect_opts, f"docker://{address}/{repository}{separator}{reference}", check=False)
+        found = skopeo(
+            "inspect", "--raw", *inspect_opts, f"docker://{address}/{repository}{separator}{reference}", check=False
+        )
         if found.returncode != 0:
             raise self.failure(_source_error(found.stderr.decode(errors="replace"), host, repository, reference))
         self.digest = "sha256:" + hashlib.sha256(found.stdout).hexdigest()
         target = self.acr.registry
         if self.mode == "NoForce":  # fail before any copying, as the API documents
             for tag in tags:
-                exists = skopeo("inspect", "--raw", *registry_options(target), f"docker://{target.ref(tag)}", check=False)
+                exists = skopeo(
+                    "inspect", "--raw", *registry_options(target), f"docker://{target.ref(tag)}", check=False
+                )
                 if exists.returncode == 0:
                     raise self.failure(f"{tag} Tag {tag} already exists in target registry.")
         # Copy the digest just resolved, so every target gets the same image even if the tag moves.
@@ -1165,7 +1201,9 @@ class _ArmHandler(BaseHTTPRequestHandler):
             "Content-Length": str(len(data)),
             "x-ms-request-id": request_id,
             "x-ms-correlation-request-id": request_id,
-            "x-ms-ratelimit-remaining-subscription-reads" if method == "GET" else "x-ms-ratelimit-remaining-subscription-writes": "11999",
+            "x-ms-ratelimit-remaining-subscription-reads"
+            if method == "GET"
+            else "x-ms-ratelimit-remaining-subscription-writes": "11999",
             **answer.headers,
         }
         if self.headers.get("x-ms-client-request-id"):
