@@ -75,6 +75,10 @@ def test_registries_list_and_get(arm: ArmServer, registry_factory: Any) -> None:
     assert (got.sku.name, got.login_server, got.provisioning_state) == ("Basic", basic.login_server, "Succeeded")
     # The client asked for a token for the ARM audience it was pointed at (sovereign-cloud setting).
     assert credential.scopes and set(credential.scopes) == {(arm.credential_scope,)}
+    # One credential can also hold the data-plane token the ACR exchange accepts.
+    both = arm.credential(by_scope={"https://containerregistry.azure.net/.default": "aad-for-acr"})
+    assert both.get_token("https://containerregistry.azure.net/.default").token == "aad-for-acr"
+    assert [r.name for r in acr_client(arm, both).registries.list_by_resource_group("rg-one")] == ["crbasic"]
 
     with pytest.raises(ResourceNotFoundError) as missing:
         client.registries.get("rg-one", "crnothere")

@@ -117,18 +117,22 @@ class RecordingCredential:
     """An azure-core ``TokenCredential`` returning a fixed token; records the scopes asked for.
 
     The scope a client asks for shows whether it was pointed at the right cloud
-    (``credential_scopes``), which a static token cannot otherwise reveal.
+    (``credential_scopes``), which a static token cannot otherwise reveal.  ``by_scope`` gives
+    other tokens for other scopes, e.g. ``{"https://containerregistry.azure.net/.default":
+    acr_registry.aad_token}`` so one credential serves ARM and the ACR token exchange.
     """
 
-    def __init__(self, token: str, expires_in: int = 3600) -> None:
+    def __init__(self, token: str, expires_in: int = 3600, by_scope: Mapping[str, str] | None = None) -> None:
         self.token, self.expires_in = token, expires_in
+        self.by_scope = dict(by_scope or {})
         self.scopes: list[tuple[str, ...]] = []
 
     def get_token(self, *scopes: str, **kwargs: Any) -> Any:
         from azure.core.credentials import AccessToken
 
         self.scopes.append(scopes)
-        return AccessToken(self.token, int(time.time()) + self.expires_in)
+        token = next((self.by_scope[s] for s in scopes if s in self.by_scope), self.token)
+        return AccessToken(token, int(time.time()) + self.expires_in)
 
     def close(self) -> None:
         pass
@@ -541,8 +545,8 @@ class ArmServer:
 
     # -- what a client needs
 
-    def credential(self) -> RecordingCredential:
-        return RecordingCredential(self.token)
+    def credential(self, by_scope: Mapping[str, str] | None = None) -> RecordingCredential:
+        return RecordingCredential(self.token, by_scope=by_scope)
 
     @property
     def credential_scope(self) -> str:
