@@ -576,15 +576,20 @@ def test_exemptions_through_the_policy_clients_pipeline(arm: ArmServer, assigned
     client = policy_client(arm)
 
     def exemptions(scope: str, flt: str) -> list[dict[str, Any]]:
-        request = HttpRequest(
-            "GET",
-            f"{scope}/providers/Microsoft.Authorization/policyExemptions",
-            params={"api-version": "2022-07-01-preview", "$filter": flt},
+        url = f"{scope}/providers/Microsoft.Authorization/policyExemptions"
+        request: HttpRequest | None = HttpRequest(
+            "GET", url, params={"api-version": "2022-07-01-preview", "$filter": flt}
         )
-        response = client.send_request(request)
-        response.raise_for_status()
-        return response.json()["value"]
+        found = []
+        while request is not None:  # paging by hand: send_request does not follow nextLink
+            response = client.send_request(request)
+            response.raise_for_status()
+            page = response.json()
+            found += page["value"]
+            request = HttpRequest("GET", page["nextLink"]) if page.get("nextLink") else None
+        return found
 
+    arm.page_size = 1
     at_rg = exemptions(f"{sub}/resourceGroups/rg-aks", "atScope()")
     assert [e["name"] for e in at_rg] == ["old", "legacy-team"]
     assert at_rg[1]["properties"]["policyAssignmentId"] == assigned["sub"]["id"]
@@ -592,3 +597,4 @@ def test_exemptions_through_the_policy_clients_pipeline(arm: ArmServer, assigned
     by_assignment = exemptions(sub, f"policyAssignmentId eq '{assigned['mg']['id']}'")
     assert [e["name"] for e in by_assignment] == ["old"]
     assert json.dumps(at_rg).count("_scope") == 0  # nothing private leaks into the served shape
+    assert len(arm.requests("GET", "/policyExemptions")) == 4  # one item a page: 2 + 1 + 1
