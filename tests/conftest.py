@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.support.registries"]
+pytest_plugins = ["tests.support.registries", "tests.support.arm"]
