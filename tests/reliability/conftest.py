@@ -12,7 +12,8 @@ renders the README table from it (run here when the whole folder ran, slow tests
 table therefore always come from a run, never from a hand.
 
 Categories: ``faults`` (injected / survived), ``kills`` (kill points / clean recoveries),
-``hostile`` (inputs tried / handled), ``secrets`` (planted / leaked, via ``leaked=``), ``load`` (images
+``hostile`` (inputs tried / handled), ``trust`` (trust-boundary cases tried / held: a hostile registry, a
+look-alike host, a planted link, an untrusted checkout or a tampered plan got nothing), ``secrets`` (planted / leaked, via ``leaked=``), ``load`` (images
 synced / copied, with ``peak_rss_mib=``, ``max_in_flight=``, ``limit=``).
 """
 
@@ -35,7 +36,7 @@ from .faultproxy import FaultProxy
 
 HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "last-run.json"
-CATEGORIES = ("faults", "kills", "hostile", "secrets", "load")
+CATEGORIES = ("faults", "kills", "hostile", "trust", "secrets", "load")
 
 _outcomes: dict[str, dict[str, Any]] = {}
 _deselected: list[str] = []

@@ -1,0 +1,497 @@
+"""Trust boundaries (issue 11): a hostile registry, a look-alike host or a planted link must get nothing.
+
+Each case drives acr-mirror only through its command line (in process through click, or the console
+script as a child process when memory or a hang must be watched) with config files and environment
+variables, against small standard-library servers that stand for the hostile side
+(tests/support/hostile.py: a registry serving crafted manifests, a token realm that records what it
+gets, a server that sees plain HTTP on its TLS port) and real registries as the victim.  The
+assertions are on what can be observed from outside: what the hostile server received, what the
+real target registry holds afterwards, files on disk, the child's peak RSS, the output text.
+
+Every case records one "trust" try, and one "held" when the safe behaviour was seen.  Cases marked
+xfail reproduce a defect of issue 11 that is not fixed yet; the marker goes when the fix lands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from mirror import cli
+from tests.support.hostile import (
+    OCI_INDEX,
+    FakeRegistry,
+    HostileServer,
+    Reply,
+    index_of,
+    push_image,
+    tiny_image,
+)
+
+from .conftest import registry_state, write_config
+
+pytestmark = pytest.mark.registry
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x9b]")  # raw control characters (tab and newline aside)
+
+
+def issue11(defect: str) -> pytest.MarkDecorator:
+    """Marks a case that fails until issue 11's fix for `defect` lands (then the marker goes)."""
+    return pytest.mark.xfail(strict=True, reason=f"issue 11: {defect}")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(autouse=True)
+def no_user_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No credential of the person running the tests is in reach of an in-process run."""
+    for name in list(os.environ):
+        if name.startswith(("ACR_MIRROR_", "DOCKER_", "AZURE_", "IDENTITY_", "MSI_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
+
+
+@pytest.fixture
+def servers() -> Iterator[list[HostileServer]]:
+    """Hostile servers of a test, stopped at teardown: ``servers.append(FakeRegistry().start())``."""
+    started: list[HostileServer] = []
+    yield started
+    for server in started:
+        server.stop()
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Result:
+    """`acr-mirror ARGS...` in process; an exception that escapes the CLI fails the test as a traceback."""
+    result = CliRunner().invoke(cli.main, list(args), env=env, catch_exceptions=True)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"acr-mirror raised {result.exception!r}\n{result.output}") from result.exception
+    print(f"$ acr-mirror {' '.join(args)}\nexit {result.exit_code}\n{result.output}")  # shown when the case fails
+    return result
+
+
+def lines(text: str, prefix: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(prefix)]
+
+
+def others_than(state: dict[str, str], repository: str) -> dict[str, str]:
+    """The tags of a registry outside `repository` (repository:tag -> digest)."""
+    return {k: v for k, v in state.items() if not k.startswith(repository + ":")}
+
+
+# --------------------------------------------------------------------------- 1. digests from a registry
+
+
+def _digest_attack_world(tmp_path: Path, target: Any, servers: list[HostileServer]) -> tuple[FakeRegistry, Path, dict[str, str]]:
+    """A victim repository in the real target (victim/app:stable), a hostile source, a config."""
+    push_image(target.url, "victim/app", tiny_image("victim"), "stable")
+    source = FakeRegistry().start()
+    servers.append(source)
+    config = write_config(tmp_path / "config.yaml", target.host,
+                          {source.host: {"insecure": True}, target.host: {"insecure": True}})
+    return source, config, registry_state(target.url)
+
+
+# The source image is app/evil:1, mapped to app/evil in the target.  Its path there is
+# /v2/app/evil/manifests/REF: three '..' climb out of 'manifests', 'evil' and 'app'.
+TRAVERSAL = "../../../victim/app/manifests/prod"
+
+
+def _victim_untouched(target: Any, before: dict[str, str]) -> None:
+    after = registry_state(target.url)
+    assert others_than(after, "app/evil") == before, "a write landed outside the mapped repository app/evil"
+
+
+@issue11("a source registry's digests are used in target URLs unvalidated (index children)")
+def test_index_child_digest_cannot_write_outside_the_mapped_repository(
+        empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
+    source, config, before = _digest_attack_world(tmp_path, empty_target, servers)
+    payload = index_of([])  # an empty index: a registry accepts it in any repository
+    source.add_manifest("victim/app", payload, OCI_INDEX, "prod")  # what GET of the climbed-out path finds
+    source.add_manifest("app/evil", index_of([{"mediaType": OCI_INDEX, "digest": TRAVERSAL, "size": len(payload)}]),
+                        OCI_INDEX, "1")
+    figures.record("trust", tried=1)
+    result = run("sync", "--image", f"{source.host}/app/evil:1", "--config", str(config))
+    _victim_untouched(empty_target, before)
+    assert result.exit_code == 1, result.output
+    [failed] = lines(result.stderr, "failed:")
+    assert f"{source.host}/app/evil:1" in failed and re.search(r"(?i)digest", failed), failed
+    figures.record("trust", handled=1)
+
+
+@issue11("a source registry's digests are used in target URLs unvalidated (referrers)")
+def test_referrer_digest_cannot_write_outside_the_mapped_repository(
+        empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
+    source, config, before = _digest_attack_world(tmp_path, empty_target, servers)
+    image = tiny_image("evil")
+    source.add_image("app/evil", image, "1")
+    payload = index_of([])
+    source.add_manifest("victim/app", payload, OCI_INDEX, "prod")
+
+    @source.on
+    def referrers(seen: Any) -> Reply | None:
+        if seen.path == f"/v2/app/evil/referrers/{image.digest}":
+            listing = index_of([{"mediaType": OCI_INDEX, "digest": TRAVERSAL, "size": len(payload),
+                                 "artifactType": "application/vnd.dev.cosign.artifact.sig.v1+json"}])
+            return Reply(200, {"Content-Type": OCI_INDEX}, listing)
+        return None
+
+    figures.record("trust", tried=1)
+    result = run("sync", "--image", f"{source.host}/app/evil:1", "--config", str(config))
+    _victim_untouched(empty_target, before)
+    assert "Traceback" not in result.output
+    if result.exit_code:  # refusing the image is safe; copying it without the bad referrer too
+        [failed] = lines(result.stderr, "failed:")
+        assert re.search(r"(?i)digest", failed), failed
+    figures.record("trust", handled=1)
+
+
+DIGEST = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")  # the OCI digest grammar
+
+
+@issue11("a source registry's digests are used in URLs unvalidated (Docker-Content-Digest)")
+def test_announced_digest_is_checked_before_it_is_used(
+        empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
+    """A HEAD announcing a 'digest' that climbs out of the repository: it must never become a URL (the
+    source sees no request outside app/evil), nor a digest in the plan."""
+    source, config, before = _digest_attack_world(tmp_path, empty_target, servers)
+    image = tiny_image("evil-announced")
+    source.add_image("app/evil", image, "1")
+    source.add_manifest("victim/app", image.manifest, image.media_type, "prod")
+
+    @source.on
+    def announce(seen: Any) -> Reply | None:
+        if seen.method == "HEAD" and seen.path.endswith("/manifests/1"):
+            return Reply(200, {"Content-Type": image.media_type, "Docker-Content-Digest": TRAVERSAL,
+                               "Content-Length": str(len(image.manifest))})
+        if seen.method == "GET" and "/manifests/" in seen.path:  # no digest header on GET
+            return Reply(200, {"Content-Type": image.media_type}, image.manifest)
+        return None
+
+    figures.record("trust", tried=1)
+    plan = tmp_path / "plan.json"
+    run("plan", "--image", f"{source.host}/app/evil:1", "--config", str(config), "--output", str(plan))
+    run("sync", "--plan", str(plan), "--config", str(config))
+    _victim_untouched(empty_target, before)
+    outside = sorted({s.path for s in source.seen if s.path not in ("/v2/", "/v2") and not s.path.startswith("/v2/app/evil/")})
+    assert outside == [], f"the source was asked for paths outside app/evil: {outside}"
+    digests = [i["digest"] for i in json.loads(plan.read_text())["images"] if i.get("digest")] if plan.exists() else []
+    assert all(DIGEST.match(d) for d in digests), digests
+    figures.record("trust", handled=1)
+
+
+# --------------------------------------------------------------------------- 2. look-alike hosts
+
+
+# How the environment names credentials for crazureblue.azurecr.io (README, mirror.registry.credentials).
+REAL_ACR = "crazureblue.azurecr.io"
+REAL_ACR_ENV = "ACR_MIRROR_CRAZUREBLUE_AZURECR_IO_"
+
+
+@issue11("credentials reach look-alike hosts (ACR_MIRROR_<HOST>_* names collide)")
+@pytest.mark.parametrize("lookalike", ["crazureblue-azurecr.io", "crazureblue.azurecr-io"])
+def test_env_credentials_do_not_reach_a_look_alike_host(
+        lookalike: str, empty_target: Any, tmp_path: Path, servers: list[HostileServer],
+        monkeypatch: pytest.MonkeyPatch, figures: Any):
+    """The pipeline's push credentials for the real ACR are in the environment; a manifest names a
+    look-alike registry (its `endpoint` stands for the DNS an attacker controls)."""
+    password = f"Real-ACR-Passw0rd-{lookalike}"
+    monkeypatch.setenv(REAL_ACR_ENV + "USERNAME", "ci-push")
+    monkeypatch.setenv(REAL_ACR_ENV + "PASSWORD", password)
+    hostile = FakeRegistry(challenge='Basic realm="look-alike"').start()
+    servers.append(hostile)
+    hostile.add_image("app/x", tiny_image("look-alike"), "1")
+    config = write_config(tmp_path / "config.yaml", empty_target.host, {
+        lookalike: {"endpoint": hostile.url, "insecure": True}, empty_target.host: {"insecure": True}})
+    figures.record("trust", tried=1)
+    result = run("sync", "--image", f"{lookalike}/app/x:1", "--config", str(config))
+    assert hostile.requests(), "the look-alike was never asked: nothing was tested"
+    assert hostile.carrying(password) == [], f"{lookalike} received the password meant for {REAL_ACR}"
+    assert "Traceback" not in result.output
+    figures.record("trust", handled=1)
+
+
+# --------------------------------------------------------------------------- TLS material for hostile servers
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> dict[str, Path]:
+    """A CA the tests configure (``ca``), a server certificate it signed (127.0.0.1 and localhost), and
+    a second certificate from a CA nobody configures (``untrusted_*``)."""
+    from tests.support.registries import make_ca, make_server_cert
+
+    ca = make_ca(tmp_path / "ca")
+    server = make_server_cert(ca, tmp_path / "server")
+    rogue = make_server_cert(make_ca(tmp_path / "rogue-ca", "a CA nobody trusts"), tmp_path / "rogue")
+    return {"ca": ca.cert_file, "cert": server.cert_file, "key": server.key_file,
+            "untrusted_cert": rogue.cert_file, "untrusted_key": rogue.key_file}
+
+
+def _token_realm(seen: Any) -> Reply:
+    return Reply.json({"token": "realm-token", "access_token": "realm-token", "expires_in": 300})
+
+
+# --------------------------------------------------------------------------- 3. token realms
+
+
+@issue11("Basic credentials go to a token realm over plain http from a TLS registry")
+@pytest.mark.parametrize("realm_at", ["another port", "the registry's own port"])
+def test_basic_credentials_never_go_to_a_plain_http_realm(
+        realm_at: str, certs: dict[str, Path], empty_target: Any, tmp_path: Path, servers: list[HostileServer],
+        monkeypatch: pytest.MonkeyPatch, figures: Any):
+    password = "Basic-Passw0rd-for-the-TLS-registry"
+    monkeypatch.setenv("TRUST_SOURCE_PASSWORD", password)
+    realm = HostileServer(_token_realm).start()
+    servers.append(realm)
+    source = FakeRegistry(tls=(certs["cert"], certs["key"])).start()
+    servers.append(source)
+    realm_url = f"http://{realm.host}/token" if realm_at == "another port" else f"http://{source.host}/token"
+    source.challenge = f'Bearer realm="{realm_url}",service="{source.host}"'
+    source.on(lambda seen: _token_realm(seen) if seen.path == "/token" else None)
+    source.add_image("app/x", tiny_image("tls-source"), "1")
+    config = write_config(tmp_path / "config.yaml", empty_target.host, {
+        source.host: {"ca_file": str(certs["ca"]), "username": "puller", "password_env": "TRUST_SOURCE_PASSWORD"},
+        empty_target.host: {"insecure": True}})
+    figures.record("trust", tried=1)
+    result = run("sync", "--image", f"{source.host}/app/x:1", "--config", str(config))
+    assert source.requests(), "nothing was tested"
+    in_clear = [s for s in realm.seen + source.seen if not s.tls and s.carries(password)]
+    assert in_clear == [], f"the password went over plain HTTP to {realm_url}"
+    assert "Traceback" not in result.output
+    figures.record("trust", handled=1)
+
+
+@issue11("insecure on a registry also disables TLS verification of its token realm host")
+def test_insecure_registry_does_not_make_its_realm_unverified(
+        certs: dict[str, Path], empty_target: Any, tmp_path: Path, servers: list[HostileServer],
+        monkeypatch: pytest.MonkeyPatch, figures: Any):
+    """A plain-HTTP registry (insecure: true, so far so good) names a realm on another host whose
+    certificate nobody can verify: the credentials must not go there."""
+    password = "Passw0rd-of-the-insecure-registry"
+    monkeypatch.setenv("TRUST_SOURCE_PASSWORD", password)
+    realm = HostileServer(_token_realm, tls=(certs["untrusted_cert"], certs["untrusted_key"])).start()
+    servers.append(realm)
+    source = FakeRegistry(challenge=f'Bearer realm="https://localhost:{realm.port}/token",service="x"').start()
+    servers.append(source)
+    source.add_image("app/x", tiny_image("insecure-source"), "1")
+    config = write_config(tmp_path / "config.yaml", empty_target.host, {
+        source.host: {"insecure": True, "username": "puller", "password_env": "TRUST_SOURCE_PASSWORD"},
+        empty_target.host: {"insecure": True}})
+    figures.record("trust", tried=1)
+    result = run("sync", "--image", f"{source.host}/app/x:1", "--config", str(config))
+    assert source.requests(), "nothing was tested"
+    assert realm.carrying(password) == [], "the password went to a realm whose certificate was not verified"
+    assert "Traceback" not in result.output
+    figures.record("trust", handled=1)
+
+
+def _fake_managed_identity(servers: list[HostileServer], aad_token: str) -> dict[str, str]:
+    """An App Service managed-identity endpoint on loopback (what azure-identity's DefaultAzureCredential
+    asks when IDENTITY_ENDPOINT and IDENTITY_HEADER are set): it hands out `aad_token`."""
+    import time
+
+    def token(seen: Any) -> Reply:
+        return Reply.json({"access_token": aad_token, "expires_on": str(int(time.time()) + 3600),
+                           "resource": "https://containerregistry.azure.net", "token_type": "Bearer"})
+
+    msi = HostileServer(token).start()
+    servers.append(msi)
+    return {"IDENTITY_ENDPOINT": f"{msi.url}/msi/token", "IDENTITY_HEADER": "test-identity-header"}
+
+
+@issue11("ACR refresh tokens go to any token realm the registry names")
+def test_acr_refresh_token_goes_only_to_its_acr_host(
+        certs: dict[str, Path], empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
+    """An ACR host (Entra ID exchange served by the test ACR token server) whose challenge names a realm on
+    another host, reached over verified TLS: Basic credentials may go there, the ACR refresh token not."""
+    import httpx
+
+    from tests.support.cliproc import clean_env, run_cli
+    from tests.support.registries import AcrTokenServer
+
+    acr = AcrTokenServer(tmp_path / "acr").start()
+    try:
+        aad = acr.new_aad_token()
+        realm = HostileServer(_token_realm, tls=(certs["cert"], certs["key"])).start()
+        servers.append(realm)
+        front = HostileServer(tls=(certs["cert"], certs["key"])).start()
+        servers.append(front)
+        issued: list[str] = []
+
+        @front.on
+        def acr_host(seen: Any) -> Reply:
+            if seen.method == "POST" and seen.path == "/oauth2/exchange":  # the real exchange
+                answer = httpx.post(acr.url + "/oauth2/exchange", content=seen.body,
+                                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+                if answer.status_code == 200:
+                    issued.append(answer.json()["refresh_token"])
+                return Reply(answer.status_code, {"Content-Type": "application/json"}, answer.content)
+            challenge = f'Bearer realm="https://localhost:{realm.port}/oauth2/token",service="{front.host}"'
+            return Reply.error(401, "UNAUTHORIZED", "authentication required", **{"WWW-Authenticate": challenge})
+
+        config = write_config(tmp_path / "config.yaml", empty_target.host, {
+            front.host: {"auth": "azure", "ca_file": str(certs["ca"])},
+            f"localhost:{realm.port}": {"ca_file": str(certs["ca"])},
+            empty_target.host: {"insecure": True}})
+        env = clean_env(_fake_managed_identity(servers, aad), home=tmp_path / "home")
+        figures.record("trust", tried=1)
+        proc = run_cli(["sync", "--image", f"{front.host}/app/x:1", "--config", str(config)], env=env, timeout=120)
+        print(proc.output)
+        assert issued, f"no refresh token was issued: nothing was tested\n{proc.output}"
+        leaked = [s for s in realm.seen if any(s.carries(t) for t in issued) or "refresh_token" in s.form]
+        assert leaked == [], f"the ACR refresh token issued for {front.host} went to localhost:{realm.port}"
+        assert realm.carrying(aad) == []
+        assert "Traceback" not in proc.output
+        figures.record("trust", handled=1)
+    finally:
+        acr.stop()
+
+
+# --------------------------------------------------------------------------- 4. redirects and next URLs
+
+
+def _tls_source_with_basic(certs: dict[str, Path], servers: list[HostileServer], tmp_path: Path, target: Any,
+                           monkeypatch: pytest.MonkeyPatch, password: str) -> tuple[FakeRegistry, Path]:
+    monkeypatch.setenv("TRUST_SOURCE_PASSWORD", password)
+    source = FakeRegistry(tls=(certs["cert"], certs["key"]), challenge='Basic realm="tls-source"').start()
+    servers.append(source)
+    config = write_config(tmp_path / "config.yaml", target.host, {
+        source.host: {"ca_file": str(certs["ca"]), "username": "puller", "password_env": "TRUST_SOURCE_PASSWORD"},
+        target.host: {"insecure": True}})
+    return source, config
+
+
+def _sent_in_clear(server: HostileServer, password: str) -> list[str]:
+    return [f"{s.method} {s.target}" for s in server.seen if not s.tls and s.carries(password)]
+
+
+@issue11("a redirect from https to http on the same host keeps the Authorization header")
+def test_blob_redirect_to_plain_http_drops_the_credentials(
+        certs: dict[str, Path], empty_target: Any, tmp_path: Path, servers: list[HostileServer],
+        monkeypatch: pytest.MonkeyPatch, figures: Any):
+    password = "Passw0rd-that-must-stay-in-TLS"
+    source, config = _tls_source_with_basic(certs, servers, tmp_path, empty_target, monkeypatch, password)
+    image = tiny_image("downgrade")
+    source.add_image("app/x", image, "1")
+
+    @source.on
+    def downgrade(seen: Any) -> Reply | None:
+        if seen.tls and seen.method == "GET" and "/blobs/" in seen.path and seen.authorization:
+            return Reply(307, {"Location": f"http://{source.host}/storage/{seen.path.rsplit('/', 1)[1]}"})
+        if not seen.tls and seen.path.startswith("/storage/"):
+            return Reply(200, {"Content-Type": "application/octet-stream"}, image.blobs[seen.path.rsplit("/", 1)[1]])
+        return None
+
+    figures.record("trust", tried=1)
+    result = run("sync", "--image", f"{source.host}/app/x:1", "--config", str(config))
+    assert any(s.path.startswith("/storage/") or "/blobs/" in s.path for s in source.seen), "nothing was tested"
+    assert _sent_in_clear(source, password) == []
+    assert "Traceback" not in result.output
+    figures.record("trust", handled=1)
+
+
+@issue11("an upload Location on plain http (same host) gets the Authorization header")
+def test_upload_location_on_plain_http_drops_the_credentials(
+        certs: dict[str, Path], tmp_path: Path, servers: list[HostileServer], monkeypatch: pytest.MonkeyPatch,
+        figures: Any):
+    """The target (TLS, push credentials) answers the upload POST with an http:// Location on its own host."""
+    password = "Push-Passw0rd-that-must-stay-in-TLS"
+    monkeypatch.setenv("TRUST_TARGET_PASSWORD", password)
+    source = FakeRegistry().start()
+    servers.append(source)
+    source.add_image("app/x", tiny_image("upload-downgrade"), "1")
+    target = FakeRegistry(tls=(certs["cert"], certs["key"]), challenge='Basic realm="tls-target"').start()
+    servers.append(target)
+
+    @target.on
+    def downgrade(seen: Any) -> Reply | None:
+        if seen.tls and seen.method == "POST" and seen.path.endswith("/blobs/uploads/") and seen.authorization:
+            reply = target.default(seen)  # a real upload session...
+            reply.headers["Location"] = f"http://{target.host}{reply.headers['Location']}"  # ...on plain http
+            return reply
+        return None
+
+    config = write_config(tmp_path / "config.yaml", target.host, {
+        source.host: {"insecure": True},
+        target.host: {"ca_file": str(certs["ca"]), "username": "pusher", "password_env": "TRUST_TARGET_PASSWORD"}})
+    figures.record("trust", tried=1)
+    result = run("sync", "--image", f"{source.host}/app/x:1", "--config", str(config))
+    assert target.requests("POST"), "nothing was tested"
+    assert _sent_in_clear(target, password) == []
+    assert "Traceback" not in result.output
+    figures.record("trust", handled=1)
+
+
+@issue11("a tag-list Link on plain http (same host) gets the Authorization header")
+def test_tag_list_next_link_on_plain_http_drops_the_credentials(
+        certs: dict[str, Path], empty_target: Any, tmp_path: Path, servers: list[HostileServer],
+        monkeypatch: pytest.MonkeyPatch, figures: Any):
+    password = "Passw0rd-for-tag-pages"
+    source, config = _tls_source_with_basic(certs, servers, tmp_path, empty_target, monkeypatch, password)
+    source.add_image("app/x", tiny_image("tag-pages"), "1")
+
+    @source.on
+    def next_page(seen: Any) -> Reply | None:
+        if seen.path == "/v2/app/x/tags/list" and seen.authorization:
+            if seen.tls:
+                link = f'<http://{source.host}/v2/app/x/tags/list?n=1000&last=1>; rel="next"'
+                return Reply.json({"name": "app/x", "tags": ["1"]}, Link=link)
+            return Reply.json({"name": "app/x", "tags": []})
+        return None
+
+    figures.record("trust", tried=1)
+    result = run("sync", "--image", f"{source.host}/app/x:1", "--config", str(config))
+    assert source.requests("GET", "/tags/list"), "nothing was tested (tags are listed for signatures)"
+    assert _sent_in_clear(source, password) == []
+    assert "Traceback" not in result.output
+    figures.record("trust", handled=1)
+
+
+# --------------------------------------------------------------------------- 5. plain-HTTP endpoints
+
+
+@issue11("endpoint: http://... sends credentials in clear without insecure: true")
+def test_plain_http_endpoint_without_insecure_sends_no_credentials(
+        empty_target: Any, tmp_path: Path, servers: list[HostileServer], monkeypatch: pytest.MonkeyPatch,
+        figures: Any):
+    password = "Docker-Hub-PAT-never-in-clear"
+    monkeypatch.setenv("TRUST_HUB_PAT", password)
+    mirror = FakeRegistry(challenge='Basic realm="pull-through"').start()
+    servers.append(mirror)
+    mirror.add_image("library/nginx", tiny_image("hub"), "1.27")
+    config = write_config(tmp_path / "config.yaml", empty_target.host, {
+        "docker.io": {"endpoint": mirror.url, "username": "me", "password_env": "TRUST_HUB_PAT"},
+        empty_target.host: {"insecure": True}})
+    figures.record("trust", tried=1)
+    result = run("sync", "--image", "docker.io/library/nginx:1.27", "--config", str(config))
+    assert mirror.carrying(password) == [], "the Docker Hub token went over plain HTTP"
+    assert result.exit_code == 1, result.output
+    [failed] = lines(result.stderr, "failed:")
+    assert "insecure" in failed and "docker.io" in failed, failed  # the way out is named
+    figures.record("trust", handled=1)
+
+
+@issue11("endpoint: http://... sends the Entra ID access token in clear without insecure: true")
+def test_plain_http_endpoint_without_insecure_sends_no_entra_id_token(
+        empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
+    from tests.support.cliproc import clean_env, run_cli
+
+    aad = "eyJhbGciOiJIUzI1NiJ9.eyJ0aWQiOiJ0ZW5hbnQifQ.Entra-ID-token-never-in-clear"
+    proxy = FakeRegistry(challenge='Bearer realm="/oauth2/token",service="crmirror.azurecr.io"').start()
+    servers.append(proxy)
+    config = write_config(tmp_path / "config.yaml", empty_target.host, {
+        "crmirror.azurecr.io": {"endpoint": proxy.url},  # a private endpoint, written with http by mistake
+        empty_target.host: {"insecure": True}})
+    env = clean_env(_fake_managed_identity(servers, aad), home=tmp_path / "home")
+    figures.record("trust", tried=1)
+    proc = run_cli(["sync", "--image", "crmirror.azurecr.io/app/x:1", "--config", str(config)], env=env, timeout=120)
+    print(proc.output)
+    assert proxy.carrying(aad) == [], "the Entra ID access token went over plain HTTP"
+    assert proc.returncode == 1 and "Traceback" not in proc.output
+    figures.record("trust", handled=1)
