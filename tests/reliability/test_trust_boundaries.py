@@ -495,3 +495,197 @@ def test_plain_http_endpoint_without_insecure_sends_no_entra_id_token(
     assert proxy.carrying(aad) == [], "the Entra ID access token went over plain HTTP"
     assert proc.returncode == 1 and "Traceback" not in proc.output
     figures.record("trust", handled=1)
+
+
+# --------------------------------------------------------------------------- 6. output files and planted links
+
+
+AUTHORIZED_KEYS = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwnersOwnKey owner@workstation\n"
+
+
+def _one_image_world(tmp_path: Path, target: Any, servers: list[HostileServer]) -> tuple[FakeRegistry, Path]:
+    source = FakeRegistry().start()
+    servers.append(source)
+    source.add_image("app/x", tiny_image("outputs"), "1")
+    config = write_config(tmp_path / "config.yaml", target.host,
+                          {source.host: {"insecure": True}, target.host: {"insecure": True}})
+    return source, config
+
+
+@issue11("--report/--output write through a planted symlink")
+@pytest.mark.parametrize("output", ["sync --report x.json", "sync --report x.md", "plan --output x.json"])
+def test_outputs_never_write_through_a_planted_symlink(
+        output: str, empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
+    """A shared directory holds a link named like the report, pointing at the user's authorized_keys."""
+    source, config = _one_image_world(tmp_path, empty_target, servers)
+    victim = tmp_path / "home" / ".ssh" / "authorized_keys"
+    victim.parent.mkdir(parents=True)
+    victim.write_bytes(AUTHORIZED_KEYS)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    command, option, name = output.split()
+    (shared / name).symlink_to(victim)
+    image = f"{source.host}/app/x:1"
+    args = [command, "--image", image, "--config", str(config), option, str(shared / name)]
+    if command == "plan":
+        args.append("--no-resolve")
+    figures.record("trust", tried=1)
+    result = run(*args)
+    assert victim.read_bytes() == AUTHORIZED_KEYS, f"{victim} was replaced through the link {shared / name}"
+    assert "Traceback" not in result.output
+    figures.record("trust", handled=1)
+
+
+@issue11("the Markdown report copies raw registry error text (newlines included)")
+def test_markdown_report_escapes_registry_text(
+        empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
+    source, config = _one_image_world(tmp_path, empty_target, servers)
+    planted = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPlantedByTheRegistry attacker@evil"
+
+    @source.on
+    def deny(seen: Any) -> Reply | None:
+        if seen.method == "HEAD" and "/manifests/" in seen.path:
+            return Reply(200, {"Content-Type": "application/vnd.oci.image.manifest.v1+json"})  # no digest: GET it
+        if seen.method == "GET" and "/manifests/" in seen.path:
+            return Reply.error(403, "DENIED", f"denied\n\n{planted}\n\x1b]0;owned\x07| forged | row |")
+        return None
+
+    report = tmp_path / "report.md"
+    figures.record("trust", tried=1)
+    result = run("sync", "--image", f"{source.host}/app/x:1", "--config", str(config), "--report", str(report))
+    assert result.exit_code == 1, result.output
+    text = report.read_text()
+    print(text)
+    assert [line for line in text.splitlines() if line.startswith("ssh-")] == [], "a registry wrote a line of its own"
+    assert not CONTROL.search(text), "raw control characters from the registry in the report"
+    figures.record("trust", handled=1)
+
+
+# --------------------------------------------------------------------------- 7. links in the tree
+
+
+POD = "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers:\n  - name: app\n    image: {image}\n"
+HOOK_CONFIG = "target: {registry: crazureblue.azurecr.io}\npolicy:\n  imageRegex: '^crazureblue\\.azurecr\\.io/.+$'\n"
+
+
+@issue11("symlinks named on the command line are followed outside the tree")
+@pytest.mark.parametrize("named", ["a link to a file", "a link to a directory"])
+def test_rewrite_does_not_follow_a_named_link_out_of_the_tree(named: str, tmp_path: Path, figures: Any):
+    """`rewrite repo/deploy.yaml` (as a CI job or the hook passes file names) where the checkout planted
+    deploy.yaml -> a file elsewhere: the file elsewhere stays as it is."""
+    repo, outside = tmp_path / "repo", tmp_path / "outside"
+    repo.mkdir()
+    outside.mkdir()
+    secret = outside / "cluster.yaml"
+    secret.write_text(POD.format(image="redis:7"))
+    if named == "a link to a file":
+        (repo / "deploy.yaml").symlink_to(secret)
+        argument = repo / "deploy.yaml"
+    else:
+        (repo / "k8s").symlink_to(outside, target_is_directory=True)
+        argument = repo / "k8s"
+    config = tmp_path / "config.yaml"
+    config.write_text(HOOK_CONFIG)
+    figures.record("trust", tried=1)
+    result = run("rewrite", str(argument), "--no-verify", "--config", str(config))
+    assert secret.read_text() == POD.format(image="redis:7"), f"{secret} was rewritten through {argument}"
+    assert "Traceback" not in result.output
+    figures.record("trust", handled=1)
+
+
+@issue11("a directory swapped for a symlink during the walk lets files outside the tree be rewritten")
+def test_directory_swapped_for_a_link_mid_run_is_not_written_through(
+        tmp_path: Path, servers: list[HostileServer], figures: Any):
+    """The files are read, then acr-mirror asks the registries whether the image is there; while it
+    waits, someone swaps tree/app for a link to a directory outside holding a file with the same bytes.
+    The registry itself makes the swap when the first question arrives, so no timing is involved."""
+    tree, outside = tmp_path / "tree", tmp_path / "outside"
+    (tree / "app").mkdir(parents=True)
+    outside.mkdir()
+    registry = FakeRegistry().start()
+    servers.append(registry)
+    image = tiny_image("swap")
+    registry.add_image("app/x", image, "1")
+    source_ref = f"localhost:{registry.port}/app/x:1"  # the same server under two names: source and target
+    content = POD.format(image=source_ref)
+    (tree / "app" / "pod.yaml").write_text(content)
+    (outside / "pod.yaml").write_text(content)  # e.g. a shared file the attacker knows the bytes of
+    swapped: list[bool] = []
+
+    @registry.on
+    def swap_on_first_question(seen: Any) -> Reply | None:
+        if "/manifests/" in seen.path and not swapped:
+            (tree / "app").rename(tree / ".app-moved")
+            (tree / "app").symlink_to(outside, target_is_directory=True)
+            swapped.append(True)
+        return None
+
+    config = write_config(tmp_path / "config.yaml", registry.host,
+                          {registry.host: {"insecure": True}, f"localhost:{registry.port}": {"insecure": True}})
+    figures.record("trust", tried=1)
+    result = run("rewrite", str(tree), "--config", str(config))
+    assert swapped, "the swap never happened: nothing was tested"
+    assert (outside / "pod.yaml").read_text() == content, "a file outside the tree was rewritten through the swapped link"
+    assert "Traceback" not in result.output
+    figures.record("trust", handled=1)
+
+
+# --------------------------------------------------------------------------- 9. remote text on the terminal
+
+
+FORGED = "\x1b]0;owned\x07\x1b[2K\rerror: forged line from the registry\nok: everything is fine"
+
+
+@issue11("plan prints registry error text unescaped")
+def test_plan_escapes_registry_error_text(
+        empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
+    source, config = _one_image_world(tmp_path, empty_target, servers)
+
+    @source.on
+    def deny(seen: Any) -> Reply | None:
+        if seen.method == "HEAD" and "/manifests/" in seen.path:
+            return Reply(200, {"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+        if seen.method == "GET" and "/manifests/" in seen.path:
+            return Reply.error(403, "DENIED", FORGED)
+        return None
+
+    figures.record("trust", tried=1)
+    result = run("plan", "--image", f"{source.host}/app/x:1", "--config", str(config))
+    assert "DENIED" in result.output, "the registry's error was not shown at all: nothing was tested"
+    assert not CONTROL.search(result.output), "raw control characters from the registry reached the terminal"
+    assert lines(result.output, "error: forged") == [] and lines(result.output, "ok: everything") == []
+    figures.record("trust", handled=1)
+
+
+@issue11("audit prints cluster event messages unescaped")
+def test_audit_escapes_cluster_event_text(tmp_path: Path, figures: Any):
+    from tests.support.kubeapi import KubeAPI, container, denial_message, event, replicaset
+
+    rs = replicaset("web-1", "shop", [container("app", "nginx:1.27")])
+    hostile = denial_message("constraint\x1b[8m", "nginx:1.27\x1b]0;owned\x07", "app") + "\n" + FORGED
+    objects = [rs, event(rs, "FailedCreate", f"Error creating: {hostile}")]
+    figures.record("trust", tried=1)
+    with KubeAPI(objects) as api:
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+        result = run("audit", "--cluster", "--kubeconfig", str(kubeconfig))
+    assert "web-1" in result.output, "the event was not reported at all: nothing was tested"
+    assert not CONTROL.search(result.output), "raw control characters from an event reached the terminal"
+    assert lines(result.output, "error: forged") == [] and lines(result.output, "ok: everything") == []
+    figures.record("trust", handled=1)
+
+
+@issue11("an endpoint URL with user:pass@ is echoed into stderr and the JSON report")
+def test_endpoint_userinfo_never_shown(empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
+    secret = "Us3rinfo-Passw0rd-in-endpoint"
+    refusing = HostileServer(lambda seen: Reply.error(403, "DENIED", "go away")).start()
+    servers.append(refusing)
+    config = write_config(tmp_path / "config.yaml", empty_target.host, {
+        "mirror.example": {"endpoint": f"http://robot:{secret}@{refusing.host}", "insecure": True},
+        empty_target.host: {"insecure": True}})
+    report = tmp_path / "report.json"
+    figures.record("trust", tried=1)
+    result = run("sync", "--image", "mirror.example/app/x:1", "--config", str(config), "--report", str(report))
+    assert result.exit_code == 1, result.output
+    assert secret not in result.output, "the endpoint's password was shown"
+    assert secret not in report.read_text(), "the endpoint's password is in the report"
+    figures.record("trust", handled=1)
