@@ -161,6 +161,12 @@ def _summarise() -> dict[str, Any]:
     return totals
 
 
+def _every_file_collected() -> bool:
+    """Whether every test file of this folder took part (running one file, or -k, must not render the table)."""
+    ran = {nodeid.split("::", 1)[0].rsplit("/", 1)[-1] for nodeid in _collected}
+    return ran >= {path.name for path in HERE.glob("test_*.py")}
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not _outcomes or hasattr(session.config, "workerinput"):  # xdist workers: the controller writes
         return
@@ -174,10 +180,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "deselected": sorted(_deselected),
         "complete": not not_run,
         "slow_not_run": [n for n in not_run if _collected[n]],
-        # the whole folder ran, slow tests included (make test-reliability): the README table is rendered
+        # the whole folder ran, every file and slow tests included (make test-reliability): the README table is rendered
         # from this run; after partial runs (make test skips the slow ones) render by hand if wanted.
         # With xdist the deselected tests are unknown here, so it is never rendered automatically.
-        "renderable": not not_run and not _xdist_collected,
+        "renderable": not not_run and not _xdist_collected and _every_file_collected(),
         "outcomes": dict(sorted(outcomes.items())),
         "categories": _summarise(),
         "tests": dict(sorted(_outcomes.items())),
