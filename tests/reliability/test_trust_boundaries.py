@@ -32,6 +32,8 @@ from tests.support.hostile import (
     Reply,
     index_of,
     push_image,
+    sha256,
+    stream,
     tiny_image,
 )
 
@@ -88,13 +90,14 @@ def others_than(state: dict[str, str], repository: str) -> dict[str, str]:
 # --------------------------------------------------------------------------- 1. digests from a registry
 
 
-def _digest_attack_world(tmp_path: Path, target: Any, servers: list[HostileServer]) -> tuple[FakeRegistry, Path, dict[str, str]]:
+def _digest_attack_world(tmp_path: Path, target: Any, servers: list[HostileServer],
+                         **copy: Any) -> tuple[FakeRegistry, Path, dict[str, str]]:
     """A victim repository in the real target (victim/app:stable), a hostile source, a config."""
     push_image(target.url, "victim/app", tiny_image("victim"), "stable")
     source = FakeRegistry().start()
     servers.append(source)
     config = write_config(tmp_path / "config.yaml", target.host,
-                          {source.host: {"insecure": True}, target.host: {"insecure": True}})
+                          {source.host: {"insecure": True}, target.host: {"insecure": True}}, **copy)
     return source, config, registry_state(target.url)
 
 
@@ -183,6 +186,38 @@ def test_announced_digest_is_checked_before_it_is_used(
     assert outside == [], f"the source was asked for paths outside app/evil: {outside}"
     digests = [i["digest"] for i in json.loads(plan.read_text())["images"] if i.get("digest")] if plan.exists() else []
     assert all(DIGEST.match(d) for d in digests), digests
+    figures.record("trust", handled=1)
+
+
+@pytest.mark.parametrize("what", ["child manifest", "layer"])
+def test_content_fetched_by_digest_must_hash_to_it(
+        what: str, empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
+    """A child manifest or a layer answered with other bytes, the Docker-Content-Digest header lying to
+    match: refused whatever the headers say, nothing written (holds today; kept through the reshape)."""
+    source, config, before = _digest_attack_world(tmp_path, empty_target, servers, retries=1)
+    child = tiny_image("honest-child")
+    source.add_image("app/evil", child)
+    source.add_manifest("app/evil", index_of([child.descriptor(platform={"os": "linux", "architecture": "amd64"})]),
+                        OCI_INDEX, "1")
+    layer = max(child.blobs, key=lambda d: len(child.blobs[d]))
+    impostor = tiny_image("impostor")
+
+    @source.on
+    def substitute(seen: Any) -> Reply | None:
+        if what == "child manifest" and seen.path.endswith(f"/manifests/{child.digest}"):
+            return Reply(200, {"Content-Type": child.media_type, "Docker-Content-Digest": child.digest},
+                         impostor.manifest)
+        if what == "layer" and seen.method == "GET" and seen.path.endswith(f"/blobs/{layer}"):
+            data = bytes(reversed(child.blobs[layer]))  # same size, other bytes
+            return Reply(200, {"Content-Type": "application/octet-stream", "Docker-Content-Digest": layer}, data)
+        return None
+
+    figures.record("trust", tried=1)
+    result = run("sync", "--image", f"{source.host}/app/evil:1", "--config", str(config))
+    assert registry_state(empty_target.url) == before, "something was written from content that lied"
+    assert result.exit_code == 1, result.output
+    [failed] = lines(result.stderr, "failed:")
+    assert re.search(r"(?i)hash|digest", failed), failed
     figures.record("trust", handled=1)
 
 
@@ -371,26 +406,40 @@ def _sent_in_clear(server: HostileServer, password: str) -> list[str]:
     return [f"{s.method} {s.target}" for s in server.seen if not s.tls and s.carries(password)]
 
 
-@issue11("a redirect from https to http on the same host keeps the Authorization header")
-def test_blob_redirect_to_plain_http_drops_the_credentials(
-        certs: dict[str, Path], empty_target: Any, tmp_path: Path, servers: list[HostileServer],
+@pytest.mark.parametrize("storage", [
+    pytest.param("http, same host and port",
+                 marks=issue11("a redirect from https to http on the same host keeps the Authorization header")),
+    "http, same host, another port",  # a different origin: holds today, kept through the reshape
+])
+def test_blob_redirect_to_another_origin_drops_the_credentials(
+        storage: str, certs: dict[str, Path], empty_target: Any, tmp_path: Path, servers: list[HostileServer],
         monkeypatch: pytest.MonkeyPatch, figures: Any):
-    password = "Passw0rd-that-must-stay-in-TLS"
+    password = "Passw0rd-that-must-stay-with-the-registry"
     source, config = _tls_source_with_basic(certs, servers, tmp_path, empty_target, monkeypatch, password)
     image = tiny_image("downgrade")
     source.add_image("app/x", image, "1")
+    other = HostileServer().start()
+    servers.append(other)
+    where = f"http://{source.host}" if storage.endswith("same host and port") else other.url
 
-    @source.on
-    def downgrade(seen: Any) -> Reply | None:
-        if seen.tls and seen.method == "GET" and "/blobs/" in seen.path and seen.authorization:
-            return Reply(307, {"Location": f"http://{source.host}/storage/{seen.path.rsplit('/', 1)[1]}"})
-        if not seen.tls and seen.path.startswith("/storage/"):
+    def serve_storage(seen: Any) -> Reply | None:
+        if seen.path.startswith("/storage/"):
             return Reply(200, {"Content-Type": "application/octet-stream"}, image.blobs[seen.path.rsplit("/", 1)[1]])
         return None
 
+    other.on(serve_storage)
+
+    @source.on
+    def redirect(seen: Any) -> Reply | None:
+        if seen.tls and seen.method == "GET" and "/blobs/" in seen.path and seen.authorization:
+            return Reply(307, {"Location": f"{where}/storage/{seen.path.rsplit('/', 1)[1]}"})
+        return serve_storage(seen) if not seen.tls else None
+
     figures.record("trust", tried=1)
     result = run("sync", "--image", f"{source.host}/app/x:1", "--config", str(config))
-    assert any(s.path.startswith("/storage/") or "/blobs/" in s.path for s in source.seen), "nothing was tested"
+    storage_requests = [s for s in source.seen + other.seen if s.path.startswith("/storage/")]
+    assert storage_requests, "the redirect was never followed: nothing was tested"
+    assert [f"{s.method} {s.target}" for s in storage_requests if s.carries(password)] == []
     assert _sent_in_clear(source, password) == []
     assert "Traceback" not in result.output
     figures.record("trust", handled=1)
@@ -688,4 +737,330 @@ def test_endpoint_userinfo_never_shown(empty_target: Any, tmp_path: Path, server
     assert result.exit_code == 1, result.output
     assert secret not in result.output, "the endpoint's password was shown"
     assert secret not in report.read_text(), "the endpoint's password is in the report"
+    figures.record("trust", handled=1)
+
+
+# --------------------------------------------------------------------------- 8. unbounded reads
+
+
+PAGE_GUARD = 2_500  # the test's own stop: a client that is still paging here never stops by itself
+
+
+@issue11("tag-list pagination is followed forever")
+def test_tag_list_pagination_stops_by_itself(
+        empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
+    """Every page of the tag list links to a next one (signatures are looked for in the tag list)."""
+    source, config = _one_image_world(tmp_path, empty_target, servers)
+    pages: list[int] = []
+
+    @source.on
+    def endless(seen: Any) -> Reply | None:
+        if seen.path != "/v2/app/x/tags/list":
+            return None
+        pages.append(len(pages))
+        if len(pages) > PAGE_GUARD:
+            return Reply.error(404, "NAME_UNKNOWN", "the test's guard: no more pages")
+        page = len(pages)
+        return Reply.json({"name": "app/x", "tags": [f"t{page:06d}"]},
+                          Link=f'</v2/app/x/tags/list?n=1000&last=t{page:06d}>; rel="next"')
+
+    figures.record("trust", tried=1)
+    result = run("sync", "--image", f"{source.host}/app/x:1", "--config", str(config))
+    assert pages, "the tag list was never asked for: nothing was tested"
+    assert len(pages) <= PAGE_GUARD, f"{len(pages)} pages followed: the listing has no cap"
+    assert "Traceback" not in result.output
+    figures.record("trust", handled=1)
+
+
+HUGE = 300 << 20
+RSS_BOUND_MIB = 256  # acr-mirror syncing one small image peaks near 70 MiB; a body read whole adds 300+
+
+
+def _huge_json(prefix: bytes, suffix: bytes) -> Any:
+    """A valid JSON document of HUGE bytes, generated as it is sent (no Content-Length: chunked)."""
+    yield prefix
+    yield from stream(HUGE - len(prefix) - len(suffix))
+    yield suffix
+
+
+@issue11("bodies from a registry are read whole (referrers, tag lists, error bodies)")
+@pytest.mark.parametrize("where", ["referrers", "tag list", "error body"])
+def test_bodies_from_a_registry_are_capped(
+        where: str, empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
+    from tests.support.cliproc import clean_env, run_cli
+
+    source, config = _one_image_world(tmp_path, empty_target, servers)
+    sent: list[Any] = []
+
+    @source.on
+    def huge(seen: Any) -> Reply | None:
+        if where == "referrers" and "/referrers/" in seen.path:
+            body = _huge_json(b'{"schemaVersion":2,"mediaType":"' + OCI_INDEX.encode() + b'","manifests":[', b"]}")
+            reply = Reply(200, {"Content-Type": OCI_INDEX}, body)
+        elif where == "tag list" and seen.path.endswith("/tags/list"):
+            reply = Reply(200, {"Content-Type": "application/json"}, _huge_json(b'{"name":"app/x","tags":["1"', b"]}"))
+        elif where == "error body" and seen.method == "GET" and "/manifests/" in seen.path:
+            reply = Reply(403, {"Content-Type": "application/json"},
+                          _huge_json(b'{"errors":[{"code":"DENIED","message":"', b'"}]}'))
+        else:
+            return None
+        sent.append(seen)
+        return reply
+
+    figures.record("trust", tried=1)
+    proc = run_cli(["sync", "--image", f"{source.host}/app/x:1", "--config", str(config)],
+                   env=clean_env(home=tmp_path / "home"), timeout=180, rss_limit_mib=RSS_BOUND_MIB)
+    print(proc.output[-2000:], f"peak RSS {proc.peak_rss_mib:.0f} MiB, killed: {proc.killed}")
+    assert sent, f"the {where} was never asked for: nothing was tested"
+    assert proc.killed is None, f"killed ({proc.killed}): peak RSS {proc.peak_rss_mib:.0f} MiB reading a {where}"
+    assert max(s.sent for s in sent) < 64 << 20, f"the client read {max(s.sent for s in sent):,} bytes of a {where}"
+    assert "Traceback" not in proc.output
+    figures.record("trust", handled=1)
+
+
+@issue11("index nesting depth is not capped (RecursionError)")
+def test_index_nesting_depth_is_capped(empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
+    from tests.support.cliproc import clean_env, run_cli
+
+    source = FakeRegistry().start()
+    servers.append(source)
+    bottom = tiny_image("deep")
+    source.add_image("app/x", bottom)
+    child = bottom.descriptor()
+    levels = 600
+    for level in range(levels):
+        raw = index_of([child])
+        digest = source.add_manifest("app/x", raw, OCI_INDEX, *(["1"] if level == levels - 1 else []))
+        child = {"mediaType": OCI_INDEX, "digest": digest, "size": len(raw)}
+    config = write_config(tmp_path / "config.yaml", empty_target.host,
+                          {source.host: {"insecure": True}, empty_target.host: {"insecure": True}})
+    figures.record("trust", tried=1)
+    proc = run_cli(["sync", "--image", f"{source.host}/app/x:1", "--config", str(config)],
+                   env=clean_env(home=tmp_path / "home"), timeout=180)
+    print(proc.output[-3000:])
+    gets = source.requests("GET", "/manifests/")
+    assert len(gets) <= 64, f"{len(gets)} nested indexes fetched before giving up"
+    assert proc.returncode == 1 and "Traceback" not in proc.output, proc.output[-2000:]
+    [failed] = sorted(set(lines(proc.stderr, "failed:")))
+    assert f"{source.host}/app/x:1" in failed and re.search(r"(?i)nest|deep|depth|level", failed), failed
+    assert registry_state(empty_target.url) == {}
+    figures.record("trust", handled=1)
+
+
+# --------------------------------------------------------------------------- 10. huge manifests
+
+
+SCAN_RSS_BOUND_MIB = 256  # a scan of a small tree peaks near 40 MiB
+
+
+def _huge_pod(path: Path, containers: int) -> int:
+    """One Pod with `containers` containers, each refused by the policy; returns the file's size."""
+    with path.open("w") as out:
+        out.write("apiVersion: v1\nkind: Pod\nmetadata: {name: huge}\nspec:\n  containers:\n")
+        block = []
+        for i in range(containers):
+            block.append(f"  - name: c{i}\n    image: nginx:1.{i % 30}\n")
+            if len(block) == 10_000:
+                out.write("".join(block))
+                block = []
+        out.write("".join(block))
+    return path.stat().st_size
+
+
+@issue11("a 15 MiB manifest with 389k containers takes minutes and 1.5 GB to scan")
+def test_huge_manifest_is_refused_early_in_bounded_memory(tmp_path: Path, figures: Any):
+    """Chosen behaviour: refuse the file early with one line naming it and the limit to raise, keep
+    scanning the rest, and never hold the whole document's nodes (bounded RSS). A manifest of
+    hundreds of thousands of containers is no workload anyone deploys; refusing it is cheap,
+    predictable, and the same answer the scan already gives a YAML bomb or a file over
+    scan.max_file_bytes."""
+    from tests.support.cliproc import clean_env, run_cli
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "ok.yaml").write_text(POD.format(image="redis:7"))
+    size = _huge_pod(tree / "huge.yaml", 389_000)
+    assert 15 << 20 > size > 14 << 20  # under the 16 MiB scan.max_file_bytes default
+    config = tmp_path / "config.yaml"
+    config.write_text(HOOK_CONFIG)
+    figures.record("trust", tried=1)
+    proc = run_cli(["scan", str(tree), "--config", str(config)], env=clean_env(home=tmp_path / "home"),
+                   timeout=300, rss_limit_mib=SCAN_RSS_BOUND_MIB)
+    print(proc.output[-2000:], f"peak RSS {proc.peak_rss_mib:.0f} MiB, killed: {proc.killed}")
+    assert proc.killed is None, f"killed ({proc.killed}) at a peak RSS of {proc.peak_rss_mib:.0f} MiB"
+    assert proc.returncode == 1 and "Traceback" not in proc.output
+    errors = lines(proc.output, "error:")
+    assert len(errors) == 1 and str(tree / "huge.yaml") in errors[0], errors
+    assert re.search(r"(?i)refused|limit", errors[0]), errors[0]
+    assert "redis:7" in proc.stdout, "the rest of the tree was not scanned"
+    figures.record("trust", handled=1)
+
+
+# --------------------------------------------------------------------------- 11. untrusted checkouts
+
+
+def _git(repo: Path, *args: str) -> None:
+    import subprocess
+
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                   env={k: v for k, v in os.environ.items() if not k.startswith("GIT_")})
+
+
+MECHANISMS = ["post-checkout", "pre-commit", "commit-msg", "post-commit", "reference-transaction",
+              "core.hooksPath", "core.fsmonitor", "clean filter"]
+
+
+@issue11("rewrite --git runs the checkout's hooks and config-driven commands")
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_rewrite_git_runs_no_code_from_the_checkout(mechanism: str, tmp_path: Path, figures: Any):
+    """Someone else's repository, cloned for a bulk update, plants code in .git/hooks or .git/config;
+    `acr-mirror rewrite --git` must not run it (each mechanism writes a marker file if run)."""
+    repo, markers = tmp_path / "repo", tmp_path / "markers"
+    repo.mkdir()
+    markers.mkdir()
+    marker = markers / mechanism.replace(" ", "-")
+    script = f"#!/bin/sh\ntouch '{marker}'\ncat >/dev/null 2>&1 <&- || true\nexit 0\n"
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "config", "user.name", "Repo Owner")
+    _git(repo, "config", "user.email", "owner@example.com")
+    (repo / "deploy.yaml").write_text(POD.format(image="nginx:1.25"))
+    if mechanism == "clean filter":
+        (repo / ".gitattributes").write_text("*.yaml filter=planted\n")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "initial")
+    # planted after the commit, as a cloned repository's own config and hooks would be
+    if mechanism in ("core.hooksPath", "core.fsmonitor"):
+        planted = tmp_path / "elsewhere" / "hook"
+        planted.parent.mkdir()
+        for name in ("post-checkout", "pre-commit", "commit-msg", "post-commit", "reference-transaction"):
+            (planted.parent / name).write_text(script)
+            (planted.parent / name).chmod(0o755)
+        planted.write_text(script)
+        planted.chmod(0o755)
+        if mechanism == "core.hooksPath":
+            _git(repo, "config", "core.hooksPath", str(planted.parent))
+        else:
+            _git(repo, "config", "core.fsmonitor", str(planted))
+    elif mechanism == "clean filter":
+        _git(repo, "config", "filter.planted.clean", f"touch '{marker}'; cat")
+    else:
+        hook = repo / ".git" / "hooks" / mechanism
+        hook.write_text(script)
+        hook.chmod(0o755)
+    config = tmp_path / "config.yaml"
+    config.write_text(HOOK_CONFIG)
+    figures.record("trust", tried=1)
+    result = run("rewrite", "--git", str(repo), "--no-verify", "--config", str(config))
+    assert "Traceback" not in result.output
+    assert not marker.exists(), f"the checkout's {mechanism} ran"
+    figures.record("trust", handled=1)
+
+
+# --------------------------------------------------------------------------- 12. plans
+
+
+@issue11("sync --plan never checks the plan's targets against the configured registry and naming")
+@pytest.mark.parametrize("tamper", ["another repository of the target", "another registry"])
+def test_tampered_plan_is_refused(tamper: str, empty_target: Any, target_registry: Any, tmp_path: Path,
+                                  servers: list[HostileServer], figures: Any):
+    """A reviewed plan is edited before `sync --plan` runs it: the target moves to victim/app:prod, or to
+    another registry the run's credentials reach. Nothing may be written there."""
+    other = target_registry  # a second real registry, known to the config (as a source, say)
+    source = FakeRegistry().start()
+    servers.append(source)
+    source.add_image("app/x", tiny_image("plan"), "1")
+    config = write_config(tmp_path / "config.yaml", empty_target.host, {
+        source.host: {"insecure": True}, empty_target.host: {"insecure": True}, other.host: {"insecure": True}})
+    plan = tmp_path / "plan.json"
+    made = run("plan", "--image", f"{source.host}/app/x:1", "--config", str(config), "--output", str(plan))
+    assert made.exit_code == 0, made.output
+    data = json.loads(plan.read_text())
+    victim_registry = empty_target if tamper == "another repository of the target" else other
+    tampered = f"{victim_registry.host}/victim/app:prod"
+    data["images"][0]["target"] = tampered
+    plan.write_text(json.dumps(data, indent=2))
+    figures.record("trust", tried=1)
+    result = run("sync", "--plan", str(plan), "--config", str(config))
+    assert "victim/app:prod" not in registry_state(victim_registry.url), f"the tampered plan pushed {tampered}"
+    assert result.exit_code != 0 and str(plan) in result.output, result.output
+    figures.record("trust", handled=1)
+
+
+# --------------------------------------------------------------------------- 13. sizes and deadlines
+
+
+def _schema1(layers: dict[str, bytes]) -> bytes:
+    """An unsigned Docker schema 1 manifest: its layers carry no size."""
+    return json.dumps({"schemaVersion": 1, "name": "app/old", "tag": "1", "architecture": "amd64",
+                       "fsLayers": [{"blobSum": d} for d in layers],
+                       "history": [{"v1Compatibility": "{}"} for _ in layers]}, indent=3).encode()
+
+
+@issue11("a blob without a known size, sent chunked, fails with 'bad Content-Length' and is retried")
+def test_blob_of_unknown_size_sent_chunked_is_copied_once(tmp_path: Path, servers: list[HostileServer], figures: Any):
+    source, target = FakeRegistry().start(), FakeRegistry().start()
+    servers += [source, target]
+    layers = {sha256(data): data for data in (b"layer one " * 3000, b"layer two " * 5000)}
+    source.blobs.update(layers)
+    source.add_manifest("app/old", _schema1(layers), "application/vnd.docker.distribution.manifest.v1+json", "1")
+
+    @source.on
+    def chunked(seen: Any) -> Reply | None:
+        digest = seen.path.rsplit("/", 1)[-1]
+        if seen.method == "GET" and "/blobs/" in seen.path and digest in layers:
+            return Reply(200, {"Content-Type": "application/octet-stream"}, iter([layers[digest]]))  # no length
+        return None
+
+    config = write_config(tmp_path / "config.yaml", target.host,
+                          {source.host: {"insecure": True}, target.host: {"insecure": True}})
+    figures.record("trust", tried=1)
+    result = run("sync", "--image", f"{source.host}/app/old:1", "--config", str(config))
+    gets = source.requests("GET", "/blobs/")
+    print(f"{len(gets)} blob GETs for {len(layers)} layers")
+    assert result.exit_code == 0, result.output
+    assert set(layers) <= set(target.blobs), "the layers did not arrive"
+    assert len(gets) == len(layers), f"{len(gets)} blob GETs for {len(layers)} layers: retried"
+    figures.record("trust", handled=1)
+
+
+def _drip(data: bytes, every: float) -> Any:
+    import time
+
+    for i in range(len(data)):
+        time.sleep(every)
+        yield data[i:i + 1]
+
+
+@pytest.mark.slow
+@issue11("no overall deadline: a source that drips a layer slowly holds a worker forever")
+def test_a_dripping_source_is_given_up_on(empty_target: Any, tmp_path: Path, servers: list[HostileServer],
+                                         figures: Any):
+    """A 1 MiB layer sent at 4 bytes a second (never idle long enough for a read timeout). With
+    copy.timeout 10 and one retry, the run must give up by itself well within the 150 s hang guard."""
+    from tests.support.cliproc import clean_env, run_cli
+
+    source = FakeRegistry().start()
+    servers.append(source)
+    image = tiny_image("drip", layer_bytes=1 << 20)
+    source.add_image("app/x", image, "1")
+    layer = max(image.blobs, key=lambda d: len(image.blobs[d]))
+
+    @source.on
+    def drip(seen: Any) -> Reply | None:
+        if seen.method == "GET" and seen.path.endswith(layer):
+            return Reply(200, {"Content-Type": "application/octet-stream"}, _drip(image.blobs[layer], 0.25),
+                         length=len(image.blobs[layer]))
+        return None
+
+    config = write_config(tmp_path / "config.yaml", empty_target.host,
+                          {source.host: {"insecure": True}, empty_target.host: {"insecure": True}},
+                          timeout=10, retries=1)
+    figures.record("trust", tried=1)
+    proc = run_cli(["sync", "--image", f"{source.host}/app/x:1", "--config", str(config)],
+                   env=clean_env(home=tmp_path / "home"), timeout=150)
+    print(proc.output[-2000:], f"killed: {proc.killed}")
+    assert proc.killed is None, "still copying the dripping layer at the hang guard"
+    assert proc.returncode == 1 and "Traceback" not in proc.output
+    [failed] = sorted(set(lines(proc.stderr, "failed:")))
+    assert f"{source.host}/app/x:1" in failed, failed
     figures.record("trust", handled=1)
