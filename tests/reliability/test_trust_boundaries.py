@@ -234,14 +234,20 @@ REAL_ACR_ENV = "ACR_MIRROR_CRAZUREBLUE_AZURECR_IO_"
 def test_env_credentials_do_not_reach_a_look_alike_host(
         lookalike: str, empty_target: Any, tmp_path: Path, servers: list[HostileServer],
         monkeypatch: pytest.MonkeyPatch, figures: Any):
-    """The pipeline's push credentials for the real ACR are in the environment; a manifest names a
-    look-alike registry (its `endpoint` stands for the DNS an attacker controls)."""
+    """The pipeline's credentials for the real ACR are in the environment; a manifest names a
+    look-alike registry (each host's `endpoint` stands for its DNS: the look-alike's is an attacker's)."""
     password = f"Real-ACR-Passw0rd-{lookalike}"
     monkeypatch.setenv(REAL_ACR_ENV + "USERNAME", "ci-push")
     monkeypatch.setenv(REAL_ACR_ENV + "PASSWORD", password)
-    hostile = FakeRegistry(challenge='Basic realm="look-alike"').start()
-    servers.append(hostile)
-    hostile.add_image("app/x", tiny_image("look-alike"), "1")
+    real, hostile = FakeRegistry(challenge='Basic realm="acr"'), FakeRegistry(challenge='Basic realm="look-alike"')
+    for server in (real, hostile):
+        servers.append(server.start())
+        server.add_image("app/x", tiny_image("look-alike"), "1")
+    # control: the variables are the ones the real host reads (else this case would prove nothing)
+    control = write_config(tmp_path / "control.yaml", empty_target.host, {
+        REAL_ACR: {"endpoint": real.url, "insecure": True}, empty_target.host: {"insecure": True}})
+    run("sync", "--image", f"{REAL_ACR}/app/x:1", "--config", str(control))
+    assert real.carrying(password), f"{REAL_ACR_ENV}* did not reach {REAL_ACR}: update the variable names"
     config = write_config(tmp_path / "config.yaml", empty_target.host, {
         lookalike: {"endpoint": hostile.url, "insecure": True}, empty_target.host: {"insecure": True}})
     figures.record("trust", tried=1)
@@ -532,12 +538,20 @@ def test_plain_http_endpoint_without_insecure_sends_no_entra_id_token(
     from tests.support.cliproc import clean_env, run_cli
 
     aad = "eyJhbGciOiJIUzI1NiJ9.eyJ0aWQiOiJ0ZW5hbnQifQ.Entra-ID-token-never-in-clear"
-    proxy = FakeRegistry(challenge='Bearer realm="/oauth2/token",service="crmirror.azurecr.io"').start()
+    env = clean_env(_fake_managed_identity(servers, aad), home=tmp_path / "home")
+    challenge = 'Bearer realm="/oauth2/token",service="crmirror.azurecr.io"'
+    # control: asked for explicitly (insecure: true), the token does go there, so the case tests something
+    allowed = FakeRegistry(challenge=challenge).start()
+    servers.append(allowed)
+    control = write_config(tmp_path / "control.yaml", empty_target.host, {
+        "crmirror.azurecr.io": {"endpoint": allowed.url, "insecure": True}, empty_target.host: {"insecure": True}})
+    run_cli(["sync", "--image", "crmirror.azurecr.io/app/x:1", "--config", str(control)], env=env, timeout=120)
+    assert allowed.carrying(aad), "no Entra ID token was obtained: nothing would be tested"
+    proxy = FakeRegistry(challenge=challenge).start()
     servers.append(proxy)
     config = write_config(tmp_path / "config.yaml", empty_target.host, {
         "crmirror.azurecr.io": {"endpoint": proxy.url},  # a private endpoint, written with http by mistake
         empty_target.host: {"insecure": True}})
-    env = clean_env(_fake_managed_identity(servers, aad), home=tmp_path / "home")
     figures.record("trust", tried=1)
     proc = run_cli(["sync", "--image", "crmirror.azurecr.io/app/x:1", "--config", str(config)], env=env, timeout=120)
     print(proc.output)
@@ -951,7 +965,7 @@ def test_rewrite_git_runs_no_code_from_the_checkout(mechanism: str, tmp_path: Pa
     config.write_text(HOOK_CONFIG)
     figures.record("trust", tried=1)
     result = run("rewrite", "--git", str(repo), "--no-verify", "--config", str(config))
-    assert "Traceback" not in result.output
+    assert str(repo) in result.output and "Traceback" not in result.output, "the checkout was not handled"
     assert not marker.exists(), f"the checkout's {mechanism} ran"
     figures.record("trust", handled=1)
 
