@@ -28,6 +28,8 @@ ROWS = (
     ("kills", "kill -9 during sync and rewrite, then re-run", "kill points", "clean recoveries"),
     ("hostile", "Hostile input (bombs, huge/binary files, links, races, bad registries, bad config)",
      "inputs tried", "handled"),
+    ("trust", "Trust boundaries (hostile registries, look-alike hosts, token realms, redirects, planted links, "
+     "untrusted checkouts, tampered plans)", "hostile cases tried", "held"),
     ("secrets", "Secrets in logs, errors, reports, exceptions (any verbosity)", "secrets planted", "leaked"),
     ("load", "Load: small images at concurrency 16 through a per-registry limit", "images", "copied"),
 )

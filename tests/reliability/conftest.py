@@ -12,7 +12,8 @@ renders the README table from it (run here when the whole folder ran, slow tests
 table therefore always come from a run, never from a hand.
 
 Categories: ``faults`` (injected / survived), ``kills`` (kill points / clean recoveries),
-``hostile`` (inputs tried / handled), ``secrets`` (planted / leaked, via ``leaked=``), ``load`` (images
+``hostile`` (inputs tried / handled), ``trust`` (trust-boundary cases tried / held: a hostile registry, a
+look-alike host, a planted link, an untrusted checkout or a tampered plan got nothing), ``secrets`` (planted / leaked, via ``leaked=``), ``load`` (images
 synced / copied, with ``peak_rss_mib=``, ``max_in_flight=``, ``limit=``).
 """
 
@@ -35,7 +36,7 @@ from .faultproxy import FaultProxy
 
 HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "last-run.json"
-CATEGORIES = ("faults", "kills", "hostile", "secrets", "load")
+CATEGORIES = ("faults", "kills", "hostile", "trust", "secrets", "load")
 
 _outcomes: dict[str, dict[str, Any]] = {}
 _deselected: list[str] = []
@@ -160,14 +161,17 @@ def _summarise() -> dict[str, Any]:
     return totals
 
 
+def _every_file_collected() -> bool:
+    """Whether every test file of this folder took part (running one file, or -k, must not render the table)."""
+    ran = {nodeid.split("::", 1)[0].rsplit("/", 1)[-1] for nodeid in _collected}
+    return ran >= {path.name for path in HERE.glob("test_*.py")}
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not _outcomes or hasattr(session.config, "workerinput"):  # xdist workers: the controller writes
         return
     outcomes = collections.Counter(r["outcome"] for r in _outcomes.values())
     not_run = sorted(set(_collected) - set(_outcomes))
-    # every module of the suite must have run: one file run alone must not rewrite the README table
-    modules = {n.split("::")[0].rsplit("/", 1)[-1] for n in _collected}
-    whole_suite = modules >= {p.name for p in HERE.glob("test_*.py")}
     data = {
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
@@ -176,10 +180,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "deselected": sorted(_deselected),
         "complete": not not_run,
         "slow_not_run": [n for n in not_run if _collected[n]],
-        # the whole folder ran, slow tests included (make test-reliability): the README table is rendered
+        # the whole folder ran, every file and slow tests included (make test-reliability): the README table is rendered
         # from this run; after partial runs (make test skips the slow ones) render by hand if wanted.
         # With xdist the deselected tests are unknown here, so it is never rendered automatically.
-        "renderable": whole_suite and not not_run and not _xdist_collected,
+        "renderable": not not_run and not _xdist_collected and _every_file_collected(),
         "outcomes": dict(sorted(outcomes.items())),
         "categories": _summarise(),
         "tests": dict(sorted(_outcomes.items())),
