@@ -308,7 +308,6 @@ def test_basic_credentials_never_go_to_a_plain_http_realm(
     figures.record("trust", handled=1)
 
 
-@issue11("insecure on a registry also disables TLS verification of its token realm host")
 def test_insecure_registry_does_not_make_its_realm_unverified(
         certs: dict[str, Path], empty_target: Any, tmp_path: Path, servers: list[HostileServer],
         monkeypatch: pytest.MonkeyPatch, figures: Any):
@@ -346,7 +345,6 @@ def _fake_managed_identity(servers: list[HostileServer], aad_token: str) -> dict
     return {"IDENTITY_ENDPOINT": f"{msi.url}/msi/token", "IDENTITY_HEADER": "test-identity-header"}
 
 
-@issue11("ACR refresh tokens go to any token realm the registry names")
 def test_acr_refresh_token_goes_only_to_its_acr_host(
         certs: dict[str, Path], empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
     """An ACR host (Entra ID exchange served by the test ACR token server) whose challenge names a realm on
@@ -413,9 +411,8 @@ def _sent_in_clear(server: HostileServer, password: str) -> list[str]:
 
 
 @pytest.mark.parametrize("storage", [
-    pytest.param("http, same host and port",
-                 marks=issue11("a redirect from https to http on the same host keeps the Authorization header")),
-    "http, same host, another port",  # a different origin: holds today, kept through the reshape
+    "http, same host and port",  # a scheme change is another origin (transport.origin)
+    "http, same host, another port",
 ])
 def test_blob_redirect_to_another_origin_drops_the_credentials(
         storage: str, certs: dict[str, Path], empty_target: Any, tmp_path: Path, servers: list[HostileServer],
@@ -451,7 +448,6 @@ def test_blob_redirect_to_another_origin_drops_the_credentials(
     figures.record("trust", handled=1)
 
 
-@issue11("an upload Location on plain http (same host) gets the Authorization header")
 def test_upload_location_on_plain_http_drops_the_credentials(
         certs: dict[str, Path], tmp_path: Path, servers: list[HostileServer], monkeypatch: pytest.MonkeyPatch,
         figures: Any):
@@ -483,7 +479,6 @@ def test_upload_location_on_plain_http_drops_the_credentials(
     figures.record("trust", handled=1)
 
 
-@issue11("a tag-list Link on plain http (same host) gets the Authorization header")
 def test_tag_list_next_link_on_plain_http_drops_the_credentials(
         certs: dict[str, Path], empty_target: Any, tmp_path: Path, servers: list[HostileServer],
         monkeypatch: pytest.MonkeyPatch, figures: Any):
@@ -699,7 +694,6 @@ def test_directory_swapped_for_a_link_mid_run_is_not_written_through(
 FORGED = "\x1b]0;owned\x07\x1b[2K\rerror: forged line from the registry\nok: everything is fine"
 
 
-@issue11("plan prints registry error text unescaped")
 def test_plan_escapes_registry_error_text(
         empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
     source, config = _one_image_world(tmp_path, empty_target, servers)
