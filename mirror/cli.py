@@ -204,6 +204,7 @@ def rewrite(paths: tuple[str, ...], config_path: str | None, check: bool, diff: 
             run.repos = pipeline.rewrite_repos(context, resolver, repos, branch=branch, push=push, remote=remote)
         if cluster.enabled:
             run.cluster = pipeline.patch_cluster(context, resolver, apply=apply_patches_, force=force)
+        run.unverified = resolver.unverified
     finally:
         if engine is not None:
             engine.close()

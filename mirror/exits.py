@@ -42,9 +42,9 @@ def _(run: SyncRun) -> int:
 
 @exit_code.register
 def _(run: RewriteRun) -> int:
-    failed = False
+    failed = bool(run.unverified)  # a reference left as it was because it could not be verified
     if run.files is not None:
-        failed = bool(run.files.errors or (run.check and run.files.changed))
+        failed = failed or bool(run.files.errors or (run.check and run.files.changed))
     if run.repos is not None:
         failed = failed or any(o.status == "failed" or (run.repos.push and o.status == "changed" and not o.pushed)
                                for o in run.repos.outcomes)

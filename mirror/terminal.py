@@ -117,11 +117,18 @@ def copies_summary(copies: list[CopyResult]) -> None:
     moved = sum(r.bytes_moved or 0 for r in copies)
     parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     err(f"{len(copies)} images: {parts or 'nothing to do'}; {human_size(moved)} moved.")
-    for r in copies:  # registry messages are remote text: escaped
+    failed: dict[str, list[CopyResult]] = {}
+    for r in copies:
         if r.status == "failed":
-            err(f"failed: {r.source} -> {r.target}: {r.error}")
+            failed.setdefault(r.error or "failed", []).append(r)
         elif r.note:
             err(f"note: {r.source}: {r.note}")
+    for error, same in failed.items():  # a host that cannot be reached is one line, not one per image
+        if len(same) == 1:
+            err(f"failed: {same[0].source} -> {same[0].target}: {error}")
+        else:
+            names = ", ".join(r.source for r in same[:3]) + (f" and {len(same) - 3} more" if len(same) > 3 else "")
+            err(f"failed: {len(same)} images ({names}): {error}")
 
 
 def sync_run(run: SyncRun) -> None:

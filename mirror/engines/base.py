@@ -158,7 +158,7 @@ class Engine(ABC):
                 copy = self.settings.copy
                 client = RegistryClient(host, self.settings.registry(host), credentials=self.keychain.resolve(host),
                                         timeout=copy.timeout, retries=copy.retries,
-                                        max_in_flight=copy.per_registry_limit)
+                                        max_in_flight=copy.per_registry_limit, settings_for=self.settings.registry)
                 self._clients[host] = client
             return client
 
