@@ -26,7 +26,9 @@ the target and its answer coming back, and the tag's manifest PUT after all blob
 is complete only then). Everything else (pings, HEADs, upload POSTs, other images) can overlap.
 
 Usage: python bench/bench_wan.py [--quick] [--repeat 2] [--sets 12,50] [--profiles 40/400,100/100]
-       [--trace DIR]   also write every HTTP exchange seen by the proxies (JSON) and print a summary
+       [--trace DIR]   also write every HTTP exchange seen by the proxies (JSON); bench/wan_trace.py reads them
+       python bench/bench_wan.py --loopback [--profile FILE]   the 12-image set without proxies: wall time
+                       and client CPU-seconds per GiB of both tools; acr-mirror once more under py-spy
 """
 
 from __future__ import annotations
@@ -296,6 +298,64 @@ def measure_set(name: str, args: argparse.Namespace, rows: list[dict[str, Any]])
             loop.close()
 
 
+def measure_loopback(args: argparse.Namespace) -> None:
+    """No link: the client's CPU decides (the registries share the 2 cores with it)."""
+    with seeded("12", args.scale, args.fifty) as (source, target, images), \
+            tempfile.TemporaryDirectory(prefix="bench-wan-run-") as tmp:
+        refs, unique = list(images), unique_bytes(images)
+        runs: dict[str, list[dict[str, Any]]] = {"skopeo": [], "acr-mirror": []}
+        for _ in range(args.repeat):
+            for tool in runs:
+                target.wipe()
+                run = run_skopeo(source, target, refs, Path(tmp)) if tool == "skopeo" else \
+                    run_engine(source.host, target.host, refs)
+                runs[tool].append(run)
+        print(f"\nloopback, 12-image set ({unique / MIB:.0f} MiB unique), best of {args.repeat}; "
+              "CPU = the client process's user+sys during the copy")
+        print(f"{'tool':<12} {'wall s':>7} {'CPU s':>7} {'CPU s/GiB':>10}   all runs (wall/CPU s)")
+        for tool, tool_runs in runs.items():
+            best = min(tool_runs, key=lambda r: r["seconds"])
+            cpu = min(r["cpu_copy"] for r in tool_runs)
+            print(f"{tool:<12} {best['seconds']:>7.2f} {cpu:>7.2f} {cpu / (unique / MIB / 1024):>10.2f}   "
+                  + ", ".join(f"{r['seconds']:.2f}/{r['cpu_copy']:.2f}" for r in tool_runs))
+        if args.profile:
+            target.wipe()
+            run = run_engine(source.host, target.host, refs, profile=args.profile)
+            print(f"\nacr-mirror under py-spy: {run['seconds']:.2f} s, {run['cpu_copy']:.2f} CPU s; "
+                  f"samples in {args.profile}")
+            print_profile(args.profile)
+
+
+def print_profile(path: Path, top: int = 25) -> None:
+    """py-spy's raw stacks: where the samples' innermost Python lines are, and some groups."""
+    leaves: Counter[str] = Counter()
+    groups: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples = int(count)
+        total += samples
+        frames = stack.split(";")
+        leaves[frames[-1]] += samples
+        joined = stack.lower()
+        group = ("start-up/imports" if "_find_and_load" in joined else
+                 "hashing (hasher.update)" if "hasher.update" in joined or "hashlib" in joined else
+                 "h11 (HTTP parsing/framing)" if "/h11/" in joined else
+                 "httpcore" if "/httpcore/" in joined else
+                 "httpx" if "/httpx/" in joined else
+                 "json" if "/json/" in joined else
+                 "mirror (own code)" if "/mirror/" in joined else "other")
+        groups[group] += samples
+    print(f"{total} samples; by group (the first matching of: imports, hashing, h11, httpcore, httpx, json, mirror):")
+    for group, samples in groups.most_common():
+        print(f"  {group:<32} {samples / total:6.1%}")
+    print("innermost Python frames:")
+    for frame, samples in leaves.most_common(top):
+        print(f"  {samples / total:6.1%}  {frame[:140]}")
+
+
 def print_table(rows: list[dict[str, Any]], repeat: int) -> None:
     print(f"\nWAN-shaped sync, best of {repeat} cold runs per tool (target wiped before each); "
           f"floor = unique bytes ÷ bandwidth + {FLOOR_RTTS} RTT")
@@ -332,10 +392,17 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="size factor of every layer")
     parser.add_argument("--fifty", type=int, default=50, help="how many images in the small-image set")
     parser.add_argument("--trace", type=Path, help="write each run's HTTP exchanges (JSON) into this directory")
+    parser.add_argument("--loopback", action="store_true", help="CPU per GiB on loopback instead (12-image set)")
+    parser.add_argument("--profile", type=Path, help="with --loopback: py-spy samples of one more acr-mirror run")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(json.loads(args.worker))
+        return 0
+    if args.loopback:
+        if args.quick:
+            args.scale, args.repeat = min(args.scale, 0.25), 1
+        measure_loopback(args)
         return 0
     if args.quick:
         args.scale, args.fifty, args.repeat = min(args.scale, 0.25), min(args.fifty, 20), 1
