@@ -158,9 +158,12 @@ def via(registry: Registry, proxy: WanProxy | None) -> Registry:
     return dataclasses.replace(registry, host=proxy.host, url=f"http://{proxy.host}", process=None)
 
 
+ENGINE_SETTINGS: dict[str, int] = {}  # CopySettings overrides (--concurrency, --per-registry-limit)
+
+
 def run_engine(source: str, target: str, refs: list[str], *, profile: Path | None = None) -> dict[str, Any]:
     """CopyEngine.copy_all in a fresh process (its own time, bytes, CPU); under py-spy when `profile`."""
-    spec = {"source": source, "target": target, "refs": refs}
+    spec = {"source": source, "target": target, "refs": refs, "settings": ENGINE_SETTINGS}
     command = [sys.executable, __file__, "--worker", json.dumps(spec)]
     if profile is not None:
         py_spy = Path(sys.executable).parent / "py-spy"
@@ -181,7 +184,8 @@ def worker(spec: dict[str, Any]) -> None:
     from mirror.copy import CopyEngine
 
     hosts = {spec["source"]: RegistrySettings(insecure=True), spec["target"]: RegistrySettings(insecure=True)}
-    config = Config(target_registry=spec["target"], registries=hosts, copy=CopySettings(concurrency=8))
+    settings = {"concurrency": 8, **spec.get("settings", {})}
+    config = Config(target_registry=spec["target"], registries=hosts, copy=CopySettings(**settings))
     mappings = [Mapping(parse(f"{spec['source']}/{r}"), parse(f"{spec['target']}/{r}")) for r in spec["refs"]]
     with CopyEngine(config, credentials=lambda host: None) as engine:
         cpu = resource.getrusage(resource.RUSAGE_SELF)
@@ -264,9 +268,9 @@ def measure_set(name: str, args: argparse.Namespace, rows: list[dict[str, Any]])
                 for proxy in proxies:
                     proxy.start()
                 src, dst = via(source, proxies[0]), via(target, proxies[1])
-                runs: dict[str, list[dict[str, Any]]] = {"skopeo": [], "acr-mirror": []}
+                runs: dict[str, list[dict[str, Any]]] = {tool: [] for tool in args.tools}
                 for _ in range(args.repeat):
-                    for tool in ("skopeo", "acr-mirror"):
+                    for tool in args.tools:
                         target.wipe()
                         for proxy in proxies:
                             proxy.reset()
@@ -363,15 +367,16 @@ def print_table(rows: list[dict[str, Any]], repeat: int) -> None:
               f"{'acr/floor':>10} {'vs skopeo':>10} {'MiB moved':>10} {'unique MiB':>11}")
     print(header)
     print("-" * len(header))
+    none = {"seconds": math.nan, "up_bytes": 0}
     for row in rows:
-        skopeo, acr = row["best"]["skopeo"], row["best"]["acr-mirror"]
+        skopeo, acr = row["best"].get("skopeo", none), row["best"].get("acr-mirror", none)
         rtt_ms, mbit = PROFILES[row["profile"]]
         print(f"{row['set']:<16} {f'{rtt_ms:g} ms/{mbit:g} Mb':<12} {skopeo['seconds']:>9.1f} "
               f"{acr['seconds']:>13.1f} {row['floor']:>8.1f} {acr['seconds'] / row['floor']:>9.2f}x "
               f"{skopeo['seconds'] / acr['seconds']:>9.2f}x {acr['up_bytes'] / MIB:>10.0f} {row['unique'] / MIB:>11.0f}")
     print("\nrequests through each link in the best runs (source | target), connections opened, peak in flight:")
     for row in rows:
-        for tool in ("skopeo", "acr-mirror"):
+        for tool in row["best"]:
             run = row["best"][tool]
             print(f"  {row['set']:<16} {row['profile']:<8} {tool:<10} "
                   f"src {run['source']['requests']:>4} req / {run['source']['connections']:>3} conn / "
@@ -380,7 +385,7 @@ def print_table(rows: list[dict[str, Any]], repeat: int) -> None:
                   f"MiB down {run['down_bytes'] / MIB:.0f}, up {run['up_bytes'] / MIB:.0f}")
     print("all runs (s): " + "; ".join(
         f"{r['set'].split()[0]} {r['profile']} {tool} " + ", ".join(f"{x['seconds']:.1f}" for x in r["runs"][tool])
-        for r in rows for tool in ("skopeo", "acr-mirror")))
+        for r in rows for tool in r["runs"]))
 
 
 def main() -> int:
@@ -392,6 +397,9 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="size factor of every layer")
     parser.add_argument("--fifty", type=int, default=50, help="how many images in the small-image set")
     parser.add_argument("--trace", type=Path, help="write each run's HTTP exchanges (JSON) into this directory")
+    parser.add_argument("--tools", default="skopeo,acr-mirror", help="which tools to run (default both)")
+    parser.add_argument("--concurrency", type=int, help="acr-mirror's copy.concurrency (default 8, as bench_sync)")
+    parser.add_argument("--per-registry-limit", type=int, help="acr-mirror's copy.per_registry_limit (default 8)")
     parser.add_argument("--loopback", action="store_true", help="CPU per GiB on loopback instead (12-image set)")
     parser.add_argument("--profile", type=Path, help="with --loopback: py-spy samples of one more acr-mirror run")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -399,6 +407,11 @@ def main() -> int:
     if args.worker:
         worker(json.loads(args.worker))
         return 0
+    for name in ("concurrency", "per_registry_limit"):
+        if getattr(args, name):
+            ENGINE_SETTINGS[name] = getattr(args, name)
+    if ENGINE_SETTINGS:
+        print(f"acr-mirror copy settings: {ENGINE_SETTINGS}")
     if args.loopback:
         if args.quick:
             args.scale, args.repeat = min(args.scale, 0.25), 1
@@ -407,6 +420,7 @@ def main() -> int:
     if args.quick:
         args.scale, args.fifty, args.repeat = min(args.scale, 0.25), min(args.fifty, 20), 1
     args.profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
+    args.tools = [t.strip() for t in args.tools.split(",") if t.strip() in ("skopeo", "acr-mirror")]
     unknown = [p for p in args.profiles if p not in PROFILES]
     if unknown:
         parser.error(f"unknown profile {unknown[0]!r}: choose from {', '.join(PROFILES)}")
