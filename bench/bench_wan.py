@@ -38,6 +38,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import random
 import resource
 import subprocess
@@ -285,8 +286,10 @@ def measure_set(name: str, args: argparse.Namespace, rows: list[dict[str, Any]])
                         run["down_bytes"] = source_stats.down_bytes
                         run["source"] = summarize(source_stats.exchanges, run["seconds"])
                         run["target"] = summarize(target_stats.exchanges, run["seconds"])
+                        run["load"] = os.getloadavg()[0]
                         runs[tool].append(run)
-                        print(f"  set {name} {profile}: {tool} {run['seconds']:.1f} s", flush=True)
+                        print(f"  set {name} {profile}: {tool} {run['seconds']:.1f} s (load average {run['load']:.1f})",
+                              flush=True)
                         if args.trace:
                             out = args.trace / f"{name}-{profile.replace('/', '_')}-{tool}-{len(runs[tool])}.json"
                             out.write_text(json.dumps({
@@ -383,8 +386,9 @@ def print_table(rows: list[dict[str, Any]], repeat: int) -> None:
                   f"peak {run['source']['peak_in_flight']:>2} | dst {run['target']['requests']:>4} req / "
                   f"{run['target']['connections']:>3} conn / peak {run['target']['peak_in_flight']:>2} | "
                   f"MiB down {run['down_bytes'] / MIB:.0f}, up {run['up_bytes'] / MIB:.0f}")
-    print("all runs (s): " + "; ".join(
-        f"{r['set'].split()[0]} {r['profile']} {tool} " + ", ".join(f"{x['seconds']:.1f}" for x in r["runs"][tool])
+    print("all runs (s, 1-min load average after it): " + "; ".join(
+        f"{r['set'].split()[0]} {r['profile']} {tool} "
+        + ", ".join(f"{x['seconds']:.1f} ({x['load']:.1f})" for x in r["runs"][tool])
         for r in rows for tool in r["runs"]))
 
 
