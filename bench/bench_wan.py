@@ -325,7 +325,9 @@ def measure_loopback(args: argparse.Namespace) -> None:
             cpu = min(r["cpu_copy"] for r in tool_runs)
             print(f"{tool:<12} {best['seconds']:>7.2f} {cpu:>7.2f} {cpu / (unique / MIB / 1024):>10.2f}   "
                   + ", ".join(f"{r['seconds']:.2f}/{r['cpu_copy']:.2f}" for r in tool_runs))
-        if args.profile:
+        if args.profile and not (Path(sys.executable).parent / "py-spy").exists():
+            print("\npy-spy is not installed in this venv (pip install py-spy): no profile")
+        elif args.profile:
             target.wipe()
             run = run_engine(source.host, target.host, refs, profile=args.profile)
             print(f"\nacr-mirror under py-spy: {run['seconds']:.2f} s, {run['cpu_copy']:.2f} CPU s; "
