@@ -161,7 +161,12 @@ def via(registry: Registry, proxy: WanProxy | None) -> Registry:
 
 ENGINE_SETTINGS: dict[str, Any] = {}  # CopySettings overrides (--concurrency, --per-registry-limit)
 # What-ifs patched into the worker only (no product change), to size a proposal before building it.
-EXPERIMENTS = {"read1m": "httpcore reads 1 MiB per recv instead of 64 KiB"}
+EXPERIMENTS = {
+    "read1m": "httpcore reads 1 MiB per recv instead of 64 KiB",
+    "nohead": "no blob HEAD at the target (right only for a cold target, as here)",
+    "tagget": "one manifest GET by tag at the source instead of HEAD by tag + GET by digest",
+    "nosig": "copy.signatures off (no tags list / referrers per image)",
+}
 
 
 def run_engine(source: str, target: str, refs: list[str], *, profile: Path | None = None) -> dict[str, Any]:
@@ -170,7 +175,7 @@ def run_engine(source: str, target: str, refs: list[str], *, profile: Path | Non
     command = [sys.executable, __file__, "--worker", json.dumps(spec)]
     if profile is not None:
         py_spy = Path(sys.executable).parent / "py-spy"
-        command = [str(py_spy), "record", "--rate", "1000", "--format", "raw", "--output", str(profile),
+        command = [str(py_spy), "record", "--rate", "250", "--format", "raw", "--output", str(profile),
                    "--nonblocking", "--", *command]
     out = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
@@ -189,10 +194,7 @@ def worker(spec: dict[str, Any]) -> None:
     hosts = {spec["source"]: RegistrySettings(insecure=True), spec["target"]: RegistrySettings(insecure=True)}
     settings = {"concurrency": 8, **spec.get("settings", {})}
     experiments = settings.pop("experiments", [])
-    if "read1m" in experiments:
-        import httpcore._sync.http11 as http11
-
-        http11.HTTP11Connection.READ_NUM_BYTES = 1 << 20
+    _patch(experiments, settings)
     config = Config(target_registry=spec["target"], registries=hosts, copy=CopySettings(**settings))
     mappings = [Mapping(parse(f"{spec['source']}/{r}"), parse(f"{spec['target']}/{r}")) for r in spec["refs"]]
     with CopyEngine(config, credentials=lambda host: None) as engine:
@@ -209,6 +211,35 @@ def worker(spec: dict[str, Any]) -> None:
         "cpu_copy": after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime,
         "cpu_total": after.ru_utime + after.ru_stime, "requests": requests,
     }))
+
+
+def _patch(experiments: list[str], settings: dict[str, Any]) -> None:
+    """Apply the what-ifs of EXPERIMENTS to this worker process only."""
+    from mirror.copy import CopyEngine
+    from mirror.registry.client import Repository
+
+    if "read1m" in experiments:
+        import httpcore._sync.http11 as http11
+
+        http11.HTTP11Connection.READ_NUM_BYTES = 1 << 20
+    if "nohead" in experiments:
+        Repository.head_blob = lambda self, digest: None  # type: ignore[method-assign]
+    if "nosig" in experiments:
+        settings["signatures"] = False
+    if "tagget" in experiments:
+        fetched: dict[tuple[str, str], Any] = {}
+        get_manifest = Repository.get_manifest
+
+        def source_digest(self: Any, src: Repository, ref: Any) -> str:
+            manifest = get_manifest(src, ref.reference)
+            fetched[(src.name, manifest.digest)] = manifest
+            return manifest.digest
+
+        def cached_get(self: Repository, reference: str) -> Any:
+            return fetched.pop((self.name, reference), None) or get_manifest(self, reference)
+
+        CopyEngine._source_digest = source_digest  # type: ignore[method-assign]
+        Repository.get_manifest = cached_get  # type: ignore[method-assign]
 
 
 def run_skopeo(source: Registry, target: Registry, refs: list[str], workdir: Path) -> dict[str, Any]:
