@@ -29,6 +29,8 @@ Usage: python bench/bench_wan.py [--quick] [--repeat 2] [--sets 12,50] [--profil
        [--trace DIR]   also write every HTTP exchange seen by the proxies (JSON); bench/wan_trace.py reads them
        python bench/bench_wan.py --loopback [--profile FILE]   the 12-image set without proxies: wall time
                        and client CPU-seconds per GiB of both tools; acr-mirror once more under py-spy
+       --tools acr-mirror  skip skopeo;  --concurrency N --per-registry-limit N  acr-mirror's copy settings;
+       --experiment read1m|nohead|tagget|nosig  what-ifs patched into acr-mirror's worker only (EXPERIMENTS)
 """
 
 from __future__ import annotations
