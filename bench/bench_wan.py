@@ -13,7 +13,7 @@ new connection), and both tools copy the same images through them, side by side:
 
 Profiles: 40 ms RTT / 400 Mbit/s and 100 ms RTT / 100 Mbit/s per direction.
 Measured: skopeo sync --all (a private mount namespace with its own blob-info cache, see
-tests/support/images.py) and acr-mirror's CopyEngine.copy_all (a fresh process, timed around
+tests/support/images.py) and acr-mirror's RegistryEngine.copy_all (a fresh process, timed around
 the call, as bench/bench_sync.py does); the target is wiped before every cold run; each
 figure is the best of --repeat runs (the runs alternate between the tools).
 
@@ -172,7 +172,7 @@ EXPERIMENTS = {
 
 
 def run_engine(source: str, target: str, refs: list[str], *, profile: Path | None = None) -> dict[str, Any]:
-    """CopyEngine.copy_all in a fresh process (its own time, bytes, CPU); under py-spy when `profile`."""
+    """RegistryEngine.copy_all in a fresh process (its own time, bytes, CPU); under py-spy when `profile`."""
     spec = {"source": source, "target": target, "refs": refs, "settings": ENGINE_SETTINGS}
     command = [sys.executable, __file__, "--worker", json.dumps(spec)]
     if profile is not None:
@@ -188,18 +188,19 @@ def run_engine(source: str, target: str, refs: list[str], *, profile: Path | Non
 
 def worker(spec: dict[str, Any]) -> None:
     """The same engine set-up as bench_sync's worker, plus request counts per host and copy CPU."""
-    from manifests_rewriter.config import Config, CopySettings, RegistrySettings
     from manifests_rewriter.model import Mapping
     from manifests_rewriter.reference import parse
-    from mirror.copy import CopyEngine
+    from mirror.engines.registry import RegistryEngine
+    from mirror.registry.credentials import fixed_keychain
+    from mirror.settings import CopySettings, MirrorSettings, RegistrySettings
 
     hosts = {spec["source"]: RegistrySettings(insecure=True), spec["target"]: RegistrySettings(insecure=True)}
     settings = {"concurrency": 8, **spec.get("settings", {})}
     experiments = settings.pop("experiments", [])
     _patch(experiments, settings)
-    config = Config(target_registry=spec["target"], registries=hosts, copy=CopySettings(**settings))
+    config = MirrorSettings(registries=hosts, copy=CopySettings(**settings))
     mappings = [Mapping(parse(f"{spec['source']}/{r}"), parse(f"{spec['target']}/{r}")) for r in spec["refs"]]
-    with CopyEngine(config, credentials=lambda host: None) as engine:
+    with RegistryEngine(config, keychain=fixed_keychain(lambda host: None)) as engine:
         cpu = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         results = engine.copy_all(mappings)
@@ -217,7 +218,7 @@ def worker(spec: dict[str, Any]) -> None:
 
 def _patch(experiments: list[str], settings: dict[str, Any]) -> None:
     """Apply the what-ifs of EXPERIMENTS to this worker process only."""
-    from mirror.copy import CopyEngine
+    from mirror.engines.registry import RegistryEngine
     from mirror.registry.client import Repository
 
     if "read1m" in experiments:
@@ -240,7 +241,7 @@ def _patch(experiments: list[str], settings: dict[str, Any]) -> None:
         def cached_get(self: Repository, reference: str) -> Any:
             return fetched.pop((self.name, reference), None) or get_manifest(self, reference)
 
-        CopyEngine._source_digest = source_digest  # type: ignore[method-assign]
+        RegistryEngine._source_digest = source_digest  # type: ignore[method-assign]
         Repository.get_manifest = cached_get  # type: ignore[method-assign]
 
 
