@@ -17,7 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-BENCHES = {"scan": "bench_scan.py", "sync": "bench_sync.py", "docker": "bench_docker.py", "cluster": "bench_cluster.py",
+BENCHES = {"scan": "bench_scan.py", "sync": "bench_sync.py", "docker": "bench_docker.py", "cluster": "bench_cluster.py", "noop": "bench_noop.py",
            "wan": "bench_wan.py"}
 QUICK = {"wan"}  # benches that take --quick
 

@@ -22,15 +22,17 @@ from collections.abc import Mapping as AbcMapping
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from manifests_rewriter.errors import AcrMirrorError
 from manifests_rewriter.model import Mapping
 from manifests_rewriter.reference import ImageRef
 
-from ..registry.client import RegistryClient
 from ..registry.credentials import Keychain, default_keychain
 from ..settings import MirrorSettings
+
+if TYPE_CHECKING:  # the HTTP stack loads when an engine first talks to a registry, not at start-up
+    from ..registry.client import RegistryClient
 
 
 class Progress(Protocol):
@@ -113,9 +115,23 @@ class Engine(ABC):
                 stop.set()
             return result
 
+        self._contact(mappings)
         workers = max(1, min(self.settings.copy.concurrency, self.max_parallel or len(mappings) or 1))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.name}-image") as pool:
             return list(pool.map(run, mappings))
+
+    def _contact(self, mappings: Sequence[Mapping]) -> None:
+        """Ping every registry of the run at once, before the first image: each host's round trips
+        (and a host that cannot be reached) are known up front instead of one image after another."""
+        hosts = sorted({m.source.registry for m in mappings} | {m.target.registry for m in mappings})
+
+        def ping(host: str) -> None:
+            with contextlib.suppress(AcrMirrorError):  # remembered by the client; each image reports it
+                self.client(host).ping()
+
+        if len(hosts) > 1:
+            with ThreadPoolExecutor(max_workers=min(8, len(hosts)), thread_name_prefix="contact") as pool:
+                list(pool.map(ping, hosts))
 
     def close(self) -> None:
         with self._lock:
@@ -152,6 +168,8 @@ class Engine(ABC):
 
     def client(self, host: str) -> RegistryClient:
         """One client per registry host: its token cache and request limit are shared."""
+        from ..registry.client import RegistryClient
+
         with self._lock:
             client = self._clients.get(host)
             if client is None:
