@@ -132,7 +132,7 @@ def test_version_and_a_one_file_scan_load_no_registry_kubernetes_docker_or_azure
     (tmp_path / "c.yaml").write_text("target: {registry: x.azurecr.io}\npolicy: {imageRegex: '^x\\\\.azurecr\\\\.io/'}\n")
     heavy = ("httpx", "kubernetes", "docker", "azure", "tenacity")
     for args in (["--version"], ["scan", str(tmp_path / "pod.yaml"), "--config", str(tmp_path / "c.yaml")]):
-        code = ("import sys\nfrom mirror.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
-                "print(sorted({m.split('.')[0] for m in sys.modules} & set(%r)))" % (args, heavy))
+        code = (f"import sys\nfrom mirror.cli import main\ntry:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+                f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT).stdout
         assert out.strip().splitlines()[-1] == "[]", (args, out)
