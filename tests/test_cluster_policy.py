@@ -9,7 +9,7 @@ import pytest
 
 from manifests_rewriter.config import parse_config
 from manifests_rewriter.naming import target_for
-from manifests_rewriter.policy import Policy, PolicyError
+from manifests_rewriter.policy import PolicyError
 from mirror.cluster.kube import connect
 from mirror.cluster.policy_source import (
     DEFINITION_EXCLUDED_NAMESPACES,
@@ -66,7 +66,9 @@ def test_enforcement_action_defaults_to_deny_and_excluded_containers(tmp_path: A
     assert not policy.refuses("nginx:1", container="istio-proxy")
 
 
-def test_several_constraints_same_regex_combine_exclusions_strictly() -> None:
+def test_several_constraints_each_apply_with_their_own_match() -> None:
+    """Admission runs every constraint: a pod must pass each, each with its own match block
+    (b only checks namespace shop). Before issue 13 the exclusions were intersected instead."""
     notes: list[str] = []
     a = constraint("a", REGEX, excluded_namespaces=["kube-system", "monitoring"], excluded_containers=["x", "y"],
                    enforcement_action="deny")
@@ -74,20 +76,27 @@ def test_several_constraints_same_regex_combine_exclusions_strictly() -> None:
                    enforcement_action="dryrun")
     b["spec"]["match"]["namespaces"] = ["shop"]
     policy = policy_from_constraints([b, a], notes)
-    assert isinstance(policy, StrictPolicy)
-    assert policy.excluded_namespaces == ("kube-system",) and policy.excluded_containers == ("y",)
-    assert policy.origin == ("cluster constraints a (enforcementAction deny), b (enforcementAction dryrun), "
-                             "combined: refused when any refuses")
-    assert policy.refuses("nginx:1", namespace="monitoring")  # b does not exclude it
-    assert policy.refuses("nginx:1", container="x")  # nor this container
+    assert isinstance(policy, StrictPolicy) and [p.name for p in policy.parts] == [
+        "cluster constraint a", "cluster constraint b"]
+    assert policy.origin == ("cluster constraints a (enforcementAction deny), b (enforcementAction dryrun): "
+                             "a pod must pass each")
+    assert not policy.refuses("nginx:1", namespace="monitoring")  # a excludes it, b checks only shop
+    in_shop = policy.decide("nginx:1", namespace="shop", container="x")  # a excludes x, b does not
+    assert in_shop.finding and not in_shop.refused and in_shop.assignment == "cluster constraint b"
+    assert "would be reported, not refused" in in_shop.reason()
+    elsewhere = policy.decide("nginx:1", namespace="dev", container="web")
+    assert elsewhere.refused and elsewhere.assignment == "cluster constraint a"
+    assert [(v.assignment, v.parameter) for v in elsewhere.parts] == [
+        ("cluster constraint a", "imageRegex"), ("cluster constraint b", "namespaces")]
     assert not policy.refuses("nginx:1", container="y") and not policy.refuses("nginx:1", namespace="kube-system")
-    assert not policy.refuses("crazureblue.azurecr.io/app:1", namespace="monitoring")
-    assert any("match.namespaces" in n for n in notes)
-    # identical constraints (e.g. assigned twice) are one plain Policy
+    assert not policy.refuses("crazureblue.azurecr.io/app:1", namespace="shop")
+    unknown = policy.decide("nginx:1", container="x")  # no namespace known: b is assumed to apply
+    assert unknown.finding and "assumed to be one of namespaces" in (unknown.assumed or "")
+    # identical constraints (e.g. assigned twice) decide alike
     same = policy_from_constraints([constraint("c1", REGEX, excluded_namespaces=["kube-system"]),
                                     constraint("c2", REGEX, excluded_namespaces=["kube-system"])])
-    assert type(same) is Policy and same.excluded_namespaces == ("kube-system",)
     assert same.origin.startswith("cluster constraints c1 (enforcementAction deny), c2")
+    assert same.refuses("nginx", namespace="shop") and not same.refuses("nginx", namespace="kube-system")
 
 
 def test_several_constraints_different_regexes_must_all_match() -> None:
