@@ -218,3 +218,12 @@ def test_cli_scan_with_policy_from_azure(arm: ArmServer, tree: dict[str, Any], t
         "scan", str(manifest), "--config", str(config), "--policy-from-azure", tree["cluster"],
         "--policy-from-cluster"])
     assert both.exit_code == 2 and "give one policy source" in both.output
+
+
+def test_unreadable_exemptions_apply_none_and_say_so(arm: ArmServer, tree: dict[str, Any]) -> None:
+    arm.policy.add_exemption(tree["sub"], "waive-all", tree["sub_images"]["id"])
+    arm.api_versions["exemptions"].discard("2022-07-01-preview")  # an ARM without that preview version
+    notes: list[str] = []
+    policy = policy_from_azure(tree["cluster"], settings(arm), credential=arm.credential(), notes=notes)
+    assert all(p.waived_by is None for p in policy.parts)  # stricter: the exemption is not applied
+    assert any("policy exemptions at" in n and "could not be read" in n and "none is applied" in n for n in notes)

@@ -125,7 +125,7 @@ class ArmPolicyReader:
 
 
 def read_documents(reader: ArmPolicyReader, notes: list[str]) -> Documents:
-    from azure.core.exceptions import ResourceNotFoundError
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
 
     docs = Documents()
     docs.assignments = reader.assignments()
@@ -142,7 +142,13 @@ def read_documents(reader: ArmPolicyReader, notes: list[str]) -> Documents:
         docs.definitions.append(reader.definition())
     except ResourceNotFoundError:
         notes.append(f"the built-in definition {DEFINITION_NAME} could not be read: its published defaults are used")
-    docs.exemptions = list(reader.exemptions())
+    try:
+        docs.exemptions = list(reader.exemptions())
+    except HttpResponseError as exc:
+        if isinstance(exc, ClientAuthenticationError):
+            raise
+        # exemptions only waive: without them the policy is stricter, never laxer
+        notes.append(f"policy exemptions at {reader.scope} could not be read ({_message(exc)}): none is applied")
     return docs
 
 
@@ -154,8 +160,8 @@ def policy_from_azure(scope: str, settings: AzureSettings | None = None, *, cred
     notes = notes if notes is not None else []
     settings = settings or AzureSettings()
     where = f"reading Azure Policy at {scope}"
+    reader = ArmPolicyReader(scope, settings, credential)
     try:
-        reader = ArmPolicyReader(scope, settings, credential)
         docs = read_documents(reader, notes)
     except PolicySourceError:
         raise
@@ -166,6 +172,8 @@ def policy_from_azure(scope: str, settings: AzureSettings | None = None, *, cred
         raise PolicySourceError(f"{where}: {_message(exc)}") from None
     except ServiceRequestError as exc:
         raise PolicySourceError(f"{where}: cannot reach Azure Resource Manager: {_message(exc)}") from None
+    finally:
+        reader.client.close()
     return policy_from_documents(docs, reader.scope, notes, scope=reader.scope)
 
 
