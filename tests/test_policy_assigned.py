@@ -236,7 +236,8 @@ def test_controller_labels_count_with_unknown_values() -> None:
 @pytest.mark.parametrize(("pattern", "candidate", "matches"), [
     ("kube-*", "kube-system", True), ("*-system", "gatekeeper-system", True), ("*system*", "system-kube", True),
     ("kube-system", "kube-system", True), ("kube-system", "kube-systems", False), ("*", "anything", True),
-    ("*-system", "system", False), ("kube-*", "kube", False), ("**", "x", True),
+    ("*-system", "system", False), ("kube-*", "kube", False), ("**", "x", True), ("**a**", "xax", False),
+    ("**a**", "x*a*x", True),
 ])
 def test_wildcards_are_gatekeepers(pattern: str, candidate: str, matches: bool) -> None:
     assert wildcard_matches(pattern, candidate) is matches

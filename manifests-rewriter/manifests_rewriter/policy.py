@@ -75,15 +75,12 @@ def wildcard_matches(pattern: str, candidate: str) -> bool:
     """Gatekeeper's pkg/wildcard Wildcard.Matches: `*x*` contains, `*x` suffix, `x*` prefix,
     else equality. A lone `*` matches everything."""
     if pattern.startswith("*") and pattern.endswith("*"):
-        return pattern.strip("*") in candidate if len(pattern) > 1 else True
+        return pattern[1:-1] in candidate  # one '*' off each end (TrimPrefix, TrimSuffix); "*" -> ""
     if pattern.startswith("*"):
         return candidate.endswith(pattern[1:])
     if pattern.endswith("*"):
         return candidate.startswith(pattern[:-1])
     return candidate == pattern
-
-
-_namespace_matches = wildcard_matches  # the old name
 
 
 # ----------------------------------------------------------------------------- label selectors
