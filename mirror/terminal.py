@@ -65,9 +65,10 @@ def setup(context: Context, *, strict: bool = True) -> None:
 
 
 def finding_line(f: Finding) -> str:
-    """One grep-friendly line: where: image -> target (workload, container)."""
+    """One grep-friendly line: where: image -> target (workload, container; which assignment
+    and parameter decided, and 'would be reported, not refused' unless its effect is Deny)."""
     workload = "/".join(x for x in (f.kind, f.namespace, f.name) if x)
-    context = ", ".join(x for x in (workload, f.container and f"container {f.container}") if x)
+    context = ", ".join(x for x in (workload, f.container and f"container {f.container}", f.decided_by()) if x)
     target = f" -> {f.target}" if f.target else f" ({f.reason})"
     return printable(f"{f.location()}: {f.image}{target}" + (f"  [{context}]" if context else ""))
 
