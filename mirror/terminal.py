@@ -165,10 +165,11 @@ def cache_rule_run(run: CacheRuleRun) -> None:
     for rule in run.rules:
         if rule.status in verb:
             creds = f" with credential set {rule.credential_set}" if rule.credential_set else ""
-            out(printable(f"cache rule {rule.name}: {rule.target} <- {rule.source} ({rule.images} images){creds}: "
+            out(printable(f"cache rule {rule.name}: {rule.target} <- {rule.source} ({plural(rule.images, 'image')}){creds}: "
                           f"{verb[rule.status]}"))
         else:
-            err(f"{'not covered' if rule.status == 'unfit' else 'failed'}: {rule.upstream} ({rule.images} images): "
+            err(f"{'not covered' if rule.status == 'unfit' else 'failed'}: {rule.upstream} "
+                f"({plural(rule.images, 'image')}): "
                 f"{rule.reason}")
         for note in rule.notes:
             err(f"note: {note}")
