@@ -109,3 +109,71 @@ def test_429s_are_counted_and_the_line_says_how_close() -> None:
     assert reads.line() == ("cr.example (ACR Standard): reads peaked at 1/min of 3,000 (0%), 1 in all, "
                             "0.0 s waiting, 1 throttled (429)")
     assert reads.as_json()["limit_per_minute"] == 3000
+
+
+# --------------------------------------------------------------------------- wired into a real copy
+
+
+@pytest.mark.registry
+def test_a_copy_to_a_real_registry_stays_under_a_small_budget(source_registry, target_registry, tmp_path):
+    """The registry engine copies 10 images (about 70 writes) under a budget of 20 writes a minute:
+    every write waited for its token (virtual time), none was left out of the count."""
+    from manifests_rewriter.model import Mapping
+    from manifests_rewriter.reference import parse
+    from mirror.engines.registry import RegistryEngine
+    from mirror.settings import CopySettings, MirrorSettings, RegistrySettings
+    from tests.support.images import seed_standard_set
+
+    seeded = seed_standard_set(source_registry, tmp_path / "images")
+    clock = VirtualClock()
+    target = target_registry.host
+    pacer = Pacer({target: Budget(60, 20, "test tier")}, clock=clock, sleep=clock.sleep)
+    stamps: list[float] = []
+    real_take = pacer.take
+
+    def take(host: str, method: str) -> None:
+        real_take(host, method)
+        if host == target and kind_of(method) == "write":
+            stamps.append(clock())
+
+    pacer.take = take  # type: ignore[method-assign]
+    settings = MirrorSettings({h: RegistrySettings(insecure=True) for h in (source_registry.host, target)},
+                              CopySettings(concurrency=4, signatures=False))
+    mappings = [Mapping(parse(f"{source_registry.host}/{ref}"), parse(f"{target}/mirror/{ref}"))
+                for ref in sorted(seeded["images"])]
+    with RegistryEngine(settings) as engine:
+        engine.pacer = pacer
+        results = engine.copy_all(mappings)
+        sent = engine.client(target).requests
+    assert {r.status for r in results} == {"copied"}
+    writes = next(f for f in pacer.figures() if f.kind == "write")
+    reads = next(f for f in pacer.figures() if f.kind == "read")
+    assert writes.operations == len(stamps) == sent["PUT"] + sent["POST"] + sent["PATCH"] + sent["DELETE"] > 40
+    assert reads.operations == sent["GET"] + sent["HEAD"] - 1  # all but the ping
+    assert max_in_any_window(stamps) <= writes.peak <= writes.paced_to == 18 < 20
+    assert writes.waited > 0 and clock.now - 1000.0 > WINDOW  # it had to spread the writes over minutes
+
+
+@pytest.mark.registry
+def test_sync_reports_how_close_it_came_to_the_configured_tier(source_registry, target_registry, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from mirror.cli import main
+    from tests.support.images import build_image, push
+
+    push(build_image(tmp_path, layers=[1024], seed="paced"), source_registry, "team/app", "1")
+    escaped = target_registry.host.replace(".", r"\.")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"target: {{registry: '{target_registry.host}'}}\npolicy: {{imageRegex: '^{escaped}/.+$'}}\n"
+                      f"registries:\n  '{source_registry.host}': {{insecure: true}}\n"
+                      f"  '{target_registry.host}': {{insecure: true}}\ncopy: {{acr_sku: Basic}}\n")
+    report = tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["sync", "--image", f"{source_registry.host}/team/app:1", "--config",
+                                       str(config), "--report", str(report)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    pacing = {p["kind"]: p for p in json.loads(report.read_text())["pacing"]}
+    assert (pacing["read"]["limit_per_minute"], pacing["write"]["limit_per_minute"]) == (1000, 100)
+    assert 0 < pacing["write"]["peak_per_minute"] <= pacing["write"]["paced_to_per_minute"] == 90
+    assert f"pacing: {target_registry.host} (ACR Basic): writes peaked at " in result.stderr
