@@ -2,22 +2,16 @@
 reading Key Vault secrets), what does not fit said per upstream and image, each image pulled once
 through the cache, and `rewrite` then rewriting to names that resolve through it, with no copy.
 
-The CNCF registry cannot pull through by itself: a small proxy in front of the target registry
-does what ACR does on a manifest pull that a cache rule covers (tests/support/arm.py
-`pull_through`: copy it from the upstream, with the credential set's secrets), then answers.
+The CNCF registry cannot pull through by itself: tests/support/pullthrough.py puts a proxy in front
+of the target registry that does what ACR does on a manifest pull a cache rule covers.
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner
@@ -28,8 +22,9 @@ from mirror.azure.cache import RULE_LIMIT, plan_rules, rule_patterns
 from mirror.cli import main
 from mirror.plan import PlanEntry
 from mirror.settings import AzureSettings
-from tests.support.arm import ArmError, ArmServer, ServedAcr
+from tests.support.arm import ArmServer
 from tests.support.images import build_image, inspect_raw, push, sha256
+from tests.support.pullthrough import PullThroughProxy
 
 pytest.importorskip("azure.mgmt.containerregistry")
 
@@ -82,67 +77,6 @@ def test_what_does_not_fit_is_said_per_upstream() -> None:
 
 
 # --------------------------------------------------------------------------- against the served ARM
-
-
-class PullThroughProxy:
-    """In front of a served ACR's registry: a manifest GET/HEAD the registry answers 404 and a cache
-    rule covers makes the served ARM pull it through first, as ACR does on a first pull."""
-
-    def __init__(self, arm: ArmServer, acr: ServedAcr) -> None:
-        self.arm, self.acr = arm, acr
-        self.pulls: list[str] = []
-        upstream = urlsplit(acr.registry.url)
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                owner.forward(self, "GET")
-
-            def do_HEAD(self) -> None:
-                owner.forward(self, "HEAD")
-
-        self.upstream = (upstream.hostname, upstream.port)
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def send(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, list[tuple[str, str]], bytes]:
-        conn = http.client.HTTPConnection(*self.upstream, timeout=30)
-        try:
-            conn.request(method, path, headers=headers)
-            response = conn.getresponse()
-            return response.status, response.getheaders(), response.read()
-        finally:
-            conn.close()
-
-    def forward(self, handler: BaseHTTPRequestHandler, method: str) -> None:
-        headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("host", "connection")}
-        status, answer, body = self.send(method, handler.path, headers)
-        parts = handler.path.split("?")[0].split("/manifests/")
-        if status == 404 and len(parts) == 2 and parts[0].startswith("/v2/"):
-            repository, reference = parts[0][4:], parts[1]
-            if self.arm.cache_rule_for(self.acr, repository) is not None:
-                self.pulls.append(f"{repository}:{reference}")
-                with contextlib.suppress(ArmError, RuntimeError):  # nothing upstream: the 404 stands
-                    self.arm.pull_through(self.acr, repository, reference)
-                status, answer, body = self.send(method, handler.path, headers)
-        handler.send_response(status)
-        for name, value in answer:
-            if name.lower() not in ("connection", "transfer-encoding"):
-                handler.send_header(name, value)
-        handler.end_headers()
-        if method != "HEAD":
-            handler.wfile.write(body)
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
