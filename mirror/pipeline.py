@@ -348,6 +348,6 @@ def cache_rules(context: Context, plan: Plan, *, dry_run: bool = False, pull: bo
                         return None
                     raise
 
-            pull_through(outcome, read_digest, pull_manifest)
+            pull_through(outcome, read_digest, pull_manifest, workers=settings.copy.concurrency)
     return CacheRuleRun(plan, outcome.registry, outcome.rules, outcome.images, dry_run, found or ScanResult(),
                         outcome.notes)

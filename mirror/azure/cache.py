@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from manifests_rewriter.naming import host_as_path
@@ -267,35 +268,40 @@ def apply_rules(arm: Arm, registry: AcrRegistry, images: Sequence[PlanEntry], te
 
 
 def pull_through(outcome: CacheOutcome, read_digest: Callable[[ImageRef], str | None],
-                 pull: Callable[[ImageRef], str | None]) -> None:
-    """Pull each covered image once through the registry and compare with the source's digest.
+                 pull: Callable[[ImageRef], str | None], *, workers: int = 4) -> None:
+    """Pull each covered image once through the registry and compare with the source's digest,
+    `workers` at a time (a first pull waits for ACR to fetch upstream).
 
     `pull(target)`: the digest the registry serves (a manifest GET, which makes ACR fetch it
     upstream), None when it has nothing; `read_digest(source)`: the source's digest now."""
-    for item in outcome.images:
-        if item.status != "planned":
-            continue
-        source, target = parse(item.source), parse(item.target)
-        try:
-            served = pull(target)
-            if served is None:
-                item.status = "failed"
-                item.error = (f"does not resolve through the cache: upstream no longer has {source.digest} "
-                              f"(a pinned digest upstream deleted): copy it with sync from where it still exists, or "
-                              f"pin a digest upstream has" if source.digest else
-                              f"does not resolve through the cache: check that upstream has {source} and that the "
-                              f"rule's credential set is healthy")
-                continue
-            expected = item.digest or source.digest or read_digest(source)
-            if expected is None:
-                item.status = "failed"
-                item.error = f"the cache serves {served}, but the source has no {source} any more"
-                continue
-            if served != expected:
-                item.status = "failed"
-                item.error = (f"the cache serves {served}, the source has {expected} (ACR keeps the "
-                              f"tag it cached first): pin the digest, or copy it with sync")
-                continue
-            item.status, item.digest = "cached", served
-        except (RegistryError, ArmError, CredentialError) as exc:
-            item.status, item.error = "failed", f"pulling it through the cache: {exc}"
+    items = [item for item in outcome.images if item.status == "planned"]
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="cache-pull") as pool:
+        list(pool.map(lambda item: _pull_one(item, read_digest, pull), items))
+
+
+def _pull_one(item: CachedImage, read_digest: Callable[[ImageRef], str | None],
+              pull: Callable[[ImageRef], str | None]) -> None:
+    source, target = parse(item.source), parse(item.target)
+    try:
+        served = pull(target)
+        if served is None:
+            item.status = "failed"
+            item.error = (f"does not resolve through the cache: upstream no longer has {source.digest} "
+                          f"(a pinned digest upstream deleted): copy it with sync from where it still exists, or "
+                          f"pin a digest upstream has" if source.digest else
+                          f"does not resolve through the cache: check that upstream has {source} and that the "
+                          f"rule's credential set is healthy")
+            return
+        expected = item.digest or source.digest or read_digest(source)
+        if expected is None:
+            item.status = "failed"
+            item.error = f"the cache serves {served}, but the source has no {source} any more"
+            return
+        if served != expected:
+            item.status = "failed"
+            item.error = (f"the cache serves {served}, the source has {expected} (ACR keeps the tag it cached "
+                          f"first): pin the digest, or copy it with sync")
+            return
+        item.status, item.digest = "cached", served
+    except (RegistryError, ArmError, CredentialError) as exc:
+        item.status, item.error = "failed", f"pulling it through the cache: {exc}"
