@@ -309,3 +309,40 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         config = write_config(tmp_path / "c.yaml", "cr.example.io", registries={}, azure=azure)
         result = invoke("sync", "--image", "nginx:1", "--config", str(config), "--dry-run")
         assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output
+
+
+def test_without_an_azure_section_every_image_says_what_to_configure(setup: dict[str, Any], arm: ArmServer,
+                                                                      tmp_path: Path):
+    source, target = setup["source"], setup["target"]
+    config = write_config(tmp_path / "bare.yaml", target.host, azure={"poll_interval": 0}, registries={
+        source.host: "{insecure: true}", target.host: "{insecure: true}"})
+    report = tmp_path / "r.json"
+    result = invoke("sync", "--image", f"{source.host}/team/api:1.0", "--image", f"{source.host}/multi/app:2.0",
+                    "--config", str(config), "--report", str(report))
+    assert result.exit_code == 1
+    errors = [i["error"] for i in json.loads(report.read_text())["images"]]
+    assert len(errors) == 2 and all(f"find registry {target.host}: NotConfigured" in e and
+                                    "set azure.registry_id (or azure.subscription" in e for e in errors)
+    assert arm.log == [] and "Traceback" not in result.output
+
+
+def test_arm_endpoint_and_audience_per_cloud() -> None:
+    from mirror.settings import AzureSettings
+
+    assert identity.arm_endpoint(AzureSettings()) == ("https://management.azure.com",
+                                                      "https://management.azure.com/.default")
+    assert identity.arm_endpoint(AzureSettings(cloud="AzureUSGovernment")) == (
+        "https://management.usgovcloudapi.net", "https://management.core.usgovcloudapi.net/.default")
+    assert identity.arm_endpoint(AzureSettings(cloud="AzureChinaCloud"))[0] == "https://management.chinacloudapi.cn"
+    assert identity.arm_endpoint(AzureSettings(arm_endpoint="https://arm.stack.local/")) == (
+        "https://arm.stack.local", "https://arm.stack.local/.default")
+    # the same as azure-mgmt-core says for each cloud
+    from azure.core import AzureClouds
+    from azure.mgmt.core.tools import get_arm_endpoints
+
+    names = {AzureClouds.AZURE_PUBLIC_CLOUD: "AzurePublicCloud", AzureClouds.AZURE_CHINA_CLOUD: "AzureChinaCloud",
+             AzureClouds.AZURE_US_GOVERNMENT: "AzureUSGovernment"}
+    for cloud, name in names.items():
+        sdk = get_arm_endpoints(cloud)
+        assert identity.arm_endpoint(AzureSettings(cloud=name)) == (sdk["resource_manager"].rstrip("/"),
+                                                                    sdk["credential_scopes"][0])

@@ -28,7 +28,7 @@ from typing import ClassVar
 
 from manifests_rewriter.model import Mapping
 
-from ..azure.arm import AcrRegistry, Arm, ImportRequest, SourceCredentials
+from ..azure.arm import AcrRegistry, Arm, ArmError, ImportRequest, SourceCredentials
 from ..registry.client import RegistryClient
 from ..registry.credentials import Keychain, is_azure_container_registry
 from ..registry.errors import RegistryError
@@ -57,6 +57,7 @@ class AcrImportEngine(Engine):
         self._arm = arm
         self._arm_lock = threading.Lock()
         self._imports = threading.BoundedSemaphore(self.azure.import_concurrency)
+        self._targets: dict[str, AcrRegistry | ArmError] = {}  # login server -> registry, or why not (once)
         # Reads (source digest, target tag) and verification are the registry engine's.
         self._reader = RegistryEngine(settings, keychain=self.keychain)
 
@@ -121,7 +122,7 @@ class AcrImportEngine(Engine):
             raise RegistryError(f"import {source} to {target.registry}/{target.repository}:{tag}",
                                 message=f"the target tag holds {there.digest}, not the source's {digest}; set "
                                         f"azure.import_mode: Force to overwrite it")
-        registry = self.arm.registry(target.registry)
+        registry = self._target(target.registry)
         request = self._request(mapping, digest, registry.id, result, lookup=True)
         with self._imports:
             self._emit("import", {"source": result.source, "target": result.target, "request": request.describe()})
@@ -130,6 +131,21 @@ class AcrImportEngine(Engine):
             raise ImportFailed(f"verify the import of {source} in {target.registry}/{target.repository}:{tag}",
                                message=f"ARM reported success but the target does not hold {digest}")
         result.status = "copied"
+
+    def _target(self, host: str) -> AcrRegistry:
+        """The target registry in ARM, looked up once per run (a failure too: every image says it)."""
+        with self._arm_lock:
+            found = self._targets.get(host)
+        if found is None:
+            try:
+                found = self.arm.registry(host)
+            except ArmError as exc:
+                found = exc
+            with self._arm_lock:
+                found = self._targets.setdefault(host, found)
+        if isinstance(found, ArmError):
+            raise found
+        return found
 
     @staticmethod
     def _tag(mapping: Mapping) -> str:
