@@ -12,6 +12,7 @@ registries, so verification after an import reads what really arrived).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from pathlib import Path
@@ -252,6 +253,13 @@ def test_arm_failures_are_one_line_naming_the_image_and_what_to_do(setup: dict[s
     assert f"{private.host} refused the import: give acr-mirror credentials for it" in refused["error"]
     assert private.password not in refused["error"]
 
+    # the source lost the image between acr-mirror's look and the import; anything else stays ARM's words
+    arm.fail_next_import("InvalidParameters", "Unable to find manifest digest  Repo: team/api Tag: 1.0 Manifest: ")
+    assert f"{source.host} has no such image: check the reference" in sync(f"{source.host}/team/api:1.0")["error"]
+    arm.fail_next_import("InternalServerError", "Something\nunexpected happened.")
+    other = sync(f"{source.host}/team/api:1.0")["error"]
+    assert other.endswith("InternalServerError: Something unexpected happened.") and "\n" not in other
+
     # ARM throttling itself is retried by azure-core (Retry-After honoured)
     arm.throttle(2, retry_after=0)
     assert sync(f"{source.host}/team/api:1.0")["status"] == "copied"
@@ -346,3 +354,47 @@ def test_arm_endpoint_and_audience_per_cloud() -> None:
         sdk = get_arm_endpoints(cloud)
         assert identity.arm_endpoint(AzureSettings(cloud=name)) == (sdk["resource_manager"].rstrip("/"),
                                                                     sdk["credential_scopes"][0])
+
+
+def test_imports_in_flight_stay_within_the_bound(setup: dict[str, Any], arm: ArmServer, tmp_path: Path):
+    """Six images, eight at a time, at most two imports in flight (azure.import_concurrency: 2)."""
+    import threading
+
+    from manifests_rewriter.config import load_config
+    from manifests_rewriter.model import Mapping
+    from manifests_rewriter.reference import parse
+    from mirror.azure.arm import Arm
+    from mirror.engines.acr_import import AcrImportEngine
+    from mirror.settings import SECTIONS, settings_of
+
+    source, target = setup["source"], setup["target"]
+    for i in range(6):
+        push(setup["single"], source, f"fan/app{i}", "1")
+    setup["config"].write_text(setup["config"].read_text().replace("azure:\n", "azure:\n  import_concurrency: 2\n"))
+    settings = settings_of(load_config(setup["config"], sections=SECTIONS))
+
+    class Tracking(Arm):
+        def __init__(self) -> None:
+            super().__init__(settings.azure)
+            self.lock, self.now, self.most = threading.Lock(), 0, 0
+            self.two = threading.Barrier(2, timeout=30)  # the first two meet here: the bound is reached
+
+        def import_image(self, *args: Any, **kwargs: Any) -> None:
+            with self.lock:
+                self.now += 1
+                self.most = max(self.most, self.now)
+            try:
+                if self.most <= 2 and not self.two.broken:
+                    with contextlib.suppress(threading.BrokenBarrierError):
+                        self.two.wait()
+                super().import_image(*args, **kwargs)
+            finally:
+                with self.lock:
+                    self.now -= 1
+
+    tracking = Tracking()
+    mappings = [Mapping(parse(f"{source.host}/fan/app{i}:1"), parse(f"{target.host}/fan/app{i}:1")) for i in range(6)]
+    with AcrImportEngine(settings, arm=tracking) as engine:
+        results = engine.copy_all(mappings)
+    assert [r.status for r in results] == ["copied"] * 6 and len(arm.imports()) == 6
+    assert tracking.most == 2
