@@ -157,6 +157,7 @@ class Arm:
         self._credential = credential
         self._retries, self._timeout = retries, timeout
         self._lock = threading.Lock()
+        self._listing = threading.Lock()  # one listing at a time: the others wait for its result
         self._clients: dict[str, Any] = {}
         self._registries: dict[str, AcrRegistry] = {}  # login server -> registry, as found
         self._listed: list[AcrRegistry] | None = None
@@ -236,9 +237,12 @@ class Arm:
 
     def registries(self) -> list[AcrRegistry]:
         """The registries of the configured subscription (or resource group), listed once."""
-        with self._lock:
-            if self._listed is not None:
-                return self._listed
+        with self._listing:
+            if self._listed is None:
+                self._listed = self._list()
+            return self._listed
+
+    def _list(self) -> list[AcrRegistry]:
         settings = self.settings
         subscription = settings.subscription or (parse_registry_id(settings.registry_id)[0]
                                                  if settings.registry_id else None)
@@ -252,8 +256,6 @@ class Arm:
         else:
             operation = f"list the registries of subscription {subscription}"
             listed = self._call(operation, lambda: [_registry(r) for r in operations.list()])
-        with self._lock:
-            self._listed = listed
         return listed
 
     # -- import

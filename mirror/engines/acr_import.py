@@ -168,9 +168,12 @@ class AcrImportEngine(Engine):
 
     def _source_acr(self, host: str) -> AcrRegistry | None:
         """The source as a registry of the configured subscription, when it is one (one listing per run)."""
-        if not (is_azure_container_registry(host) or self.azure.subscription):
+        if not (is_azure_container_registry(host) or self.azure.subscription) or not self.azure.locates_registry:
             return None
-        return self.arm.find(host) if self.azure.locates_registry else None
+        try:
+            return self.arm.find(host)
+        except ArmError:
+            return None  # not listable: import by its URI with the keychain's credentials instead
 
     def _credentials(self, host: str, result: CopyResult) -> SourceCredentials | None:
         """The keychain's credentials for the source, as an import takes them (user and password)."""
