@@ -148,8 +148,8 @@ def main() -> int:
             for name, endpoint in (("direct.yaml", target.url), ("cache.yaml", proxy.url)):
                 (workdir / name).write_text(
                     f"target: {{registry: '{target.host}'}}\npolicy: {{imageRegex: '^{escaped}/.+$'}}\n"
-                    f"registries:\n  {UPSTREAM}: {{endpoint: '{source.url}'}}\n"
-                    f"  '{target.host}': {{endpoint: '{endpoint}'}}\n"
+                    f"registries:\n  {UPSTREAM}: {{endpoint: '{source.url}', insecure: true}}\n"
+                    f"  '{target.host}': {{endpoint: '{endpoint}', insecure: true}}\n"
                     f"azure:\n  arm_endpoint: '{arm.url}'\n  ca_file: '{arm.ca_file}'\n"
                     f"  subscription: '{arm.subscription}'\n  poll_interval: 0\n  import_concurrency: 4\n")
             plan_file = str(workdir / "plan.json")

@@ -334,28 +334,6 @@ def test_without_an_azure_section_every_image_says_what_to_configure(setup: dict
     assert arm.log == [] and "Traceback" not in result.output
 
 
-def test_arm_endpoint_and_audience_per_cloud() -> None:
-    from mirror.settings import AzureSettings
-
-    assert identity.arm_endpoint(AzureSettings()) == ("https://management.azure.com",
-                                                      "https://management.azure.com/.default")
-    assert identity.arm_endpoint(AzureSettings(cloud="AzureUSGovernment")) == (
-        "https://management.usgovcloudapi.net", "https://management.core.usgovcloudapi.net/.default")
-    assert identity.arm_endpoint(AzureSettings(cloud="AzureChinaCloud"))[0] == "https://management.chinacloudapi.cn"
-    assert identity.arm_endpoint(AzureSettings(arm_endpoint="https://arm.stack.local/")) == (
-        "https://arm.stack.local", "https://arm.stack.local/.default")
-    # the same as azure-mgmt-core says for each cloud
-    from azure.core import AzureClouds
-    from azure.mgmt.core.tools import get_arm_endpoints
-
-    names = {AzureClouds.AZURE_PUBLIC_CLOUD: "AzurePublicCloud", AzureClouds.AZURE_CHINA_CLOUD: "AzureChinaCloud",
-             AzureClouds.AZURE_US_GOVERNMENT: "AzureUSGovernment"}
-    for cloud, name in names.items():
-        sdk = get_arm_endpoints(cloud)
-        assert identity.arm_endpoint(AzureSettings(cloud=name)) == (sdk["resource_manager"].rstrip("/"),
-                                                                    sdk["credential_scopes"][0])
-
-
 def test_imports_in_flight_stay_within_the_bound(setup: dict[str, Any], arm: ArmServer, tmp_path: Path):
     """Six images, eight at a time, at most two imports in flight (azure.import_concurrency: 2)."""
     import threading

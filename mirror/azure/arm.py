@@ -5,7 +5,8 @@ azure-mgmt-containerregistry): find the target registry and its tier, import ima
 Where the target registry is, first that applies (`azure:` settings):
 `registry_id`; `subscription` + `resource_group` (the group's registries, matched on the login
 server); `subscription` (every registry of it, the same). The ARM endpoint and token audience
-are the cloud's (mirror.azure.identity.arm_endpoint); tokens come from azure-identity.
+are the cloud's, or `azure.arm_endpoint` (the same client settings as --policy-from-azure,
+mirror.azure.policy.client_kwargs); tokens come from azure-identity (mirror.azure.identity).
 
 Long-running operations (import, cache rule and credential set creation) are polled to their end
 by azure-core (`Azure-AsyncOperation`, else `Location`; `Retry-After` when ARM sends it, else
@@ -26,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from manifests_rewriter.errors import AcrMirrorError
 
-from .identity import arm_credential, arm_endpoint
+from .identity import default_credential
+from .policy import client_kwargs
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -153,7 +155,7 @@ class Arm:
     def __init__(self, settings: AzureSettings, *, credential: TokenCredential | None = None,
                  retries: int = 5, timeout: float = 60.0):
         self.settings = settings
-        self.endpoint, self.scope = arm_endpoint(settings)
+        self.endpoint = settings.arm_endpoint or f"ARM of {settings.cloud}"  # for messages
         self._credential = credential
         self._retries, self._timeout = retries, timeout
         self._lock = threading.Lock()
@@ -169,13 +171,11 @@ class Arm:
                 from azure.mgmt.containerregistry import ContainerRegistryManagementClient
 
                 kwargs: dict[str, Any] = {
-                    "base_url": self.endpoint, "credential_scopes": [self.scope],
+                    **client_kwargs(self.settings),  # endpoint and audience (cloud or arm_endpoint), CA
                     "polling_interval": self.settings.poll_interval, "retry_total": self._retries,
                     "connection_timeout": min(self._timeout, 15.0), "read_timeout": self._timeout,
                 }
-                if self.settings.ca_file:
-                    kwargs["connection_verify"] = self.settings.ca_file
-                credential = self._credential or arm_credential(self.settings)
+                credential = self._credential or default_credential(self.settings.cloud)
                 client = self._clients[subscription] = ContainerRegistryManagementClient(
                     credential, subscription, **kwargs)
             return client
@@ -322,7 +322,7 @@ class Arm:
             raise ArmError(operation, str(code), str(message), _hint(str(code), str(message), source)) from None
         except ClientAuthenticationError as exc:  # no token at all: azure-identity's own failure
             raise ArmError(operation, "NoToken", str(exc).strip().splitlines()[0] if str(exc).strip() else "",
-                           f"sign in for ARM ({self.scope}): az login, a managed or workload identity, "
+                           f"sign in for {self.endpoint}: az login, a managed or workload identity, "
                            f"or AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET") from None
         except AzureError as exc:  # connection failures, timeouts
             raise ArmError(operation, type(exc).__name__, str(exc) or type(exc).__name__,
