@@ -22,7 +22,8 @@ from tests.support.arm import ArmServer, load_allowed_images_definition
 
 pytest.importorskip("azure.mgmt.resource.policy")
 
-from mirror.azure.policy import client_kwargs, parse_scope, policy_from_azure  # noqa: E402
+from mirror.azure.identity import arm_client_kwargs as client_kwargs  # noqa: E402
+from mirror.azure.policy import parse_scope, policy_from_azure  # noqa: E402
 
 OTHER_DEFINITION = "/providers/Microsoft.Authorization/policyDefinitions/1e30110a-5ceb-460c-a204-c1c3969c6d62"
 

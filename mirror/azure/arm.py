@@ -6,7 +6,7 @@ Where the target registry is, first that applies (`azure:` settings):
 `registry_id`; `subscription` + `resource_group` (the group's registries, matched on the login
 server); `subscription` (every registry of it, the same). The ARM endpoint and token audience
 are the cloud's, or `azure.arm_endpoint` (the same client settings as --policy-from-azure,
-mirror.azure.policy.client_kwargs); tokens come from azure-identity (mirror.azure.identity).
+mirror.azure.identity.arm_client_kwargs); tokens come from azure-identity (mirror.azure.identity).
 
 Long-running operations (import, cache rule and credential set creation) are polled to their end
 by azure-core (`Azure-AsyncOperation`, else `Location`; `Retry-After` when ARM sends it, else
@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from manifests_rewriter.errors import AcrMirrorError
 
-from .identity import default_credential
-from .policy import client_kwargs
+from .identity import arm_client_kwargs, default_credential
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -171,7 +170,7 @@ class Arm:
                 from azure.mgmt.containerregistry import ContainerRegistryManagementClient
 
                 kwargs: dict[str, Any] = {
-                    **client_kwargs(self.settings),  # endpoint and audience (cloud or arm_endpoint), CA
+                    **arm_client_kwargs(self.settings),  # endpoint and audience (cloud or arm_endpoint), CA
                     "polling_interval": self.settings.poll_interval, "retry_total": self._retries,
                     "connection_timeout": min(self._timeout, 15.0), "read_timeout": self._timeout,
                 }
