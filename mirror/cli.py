@@ -75,6 +75,7 @@ def _exit(code: int) -> None:
 @click.version_option(__version__, prog_name="acr-mirror")
 def main() -> None:
     """Mirror container images into your registry and rewrite every reference to them."""
+    terminal.route_logging()
 
 
 @main.command()
@@ -108,6 +109,7 @@ def scan(paths: tuple[str, ...], config_path: str | None, fmt: str, **kwargs: An
 def plan(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...], fmt: str, output: str | None,
          resolve: bool, **kwargs: Any) -> None:
     """Write the deterministic plan: source, digest, target, platforms, where found."""
+    report.check_output(output)
     context = _open(config_path, _cluster(kwargs))
     run = pipeline.build_plan(context, paths, images, resolve=resolve)
     text = run.plan.to_json()
@@ -133,6 +135,7 @@ def sync(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...
          shard: str | None, engine: str | None, dry_run: bool, report_path: str | None, fail_fast: bool,
          **kwargs: Any) -> None:
     """Copy every refused image (or the plan's) into the target registry."""
+    report.check_output(report_path)
     context = _open(config_path, _cluster(kwargs))
     if plan_path:
         if paths or images:
@@ -256,6 +259,7 @@ def rewrite(paths: tuple[str, ...], config_path: str | None, check: bool, diff: 
 def migrate(paths: tuple[str, ...], config_path: str | None, dry_run: bool, report_path: str | None,
             engine: str | None, **kwargs: Any) -> None:
     """sync, verify, rewrite, then check that nothing left would be refused."""
+    report.check_output(report_path)
     context = _open(config_path, _cluster(kwargs))
     run = pipeline.migrate(context, paths, dry_run=dry_run, engine=engine)
     terminal.errors(run.scan)
@@ -278,7 +282,7 @@ def policy_lint(config_path: str | None, **kwargs: Any) -> None:
     """Weak regexes, and target names the regex would refuse (an error)."""
     context = _open(config_path, _cluster(kwargs), strict=False)
     if not context.lint:
-        click.echo(f"policy ok: imageRegex {context.policy.image_regex} ({context.policy.origin})")
+        terminal.policy_ok(context)
     _exit(EXIT_USAGE if any(p.level == "error" for p in context.lint) else 0)
 
 
@@ -297,9 +301,7 @@ def audit(cluster: bool, kubeconfig: str | None, context: str | None, fmt: str) 
     if fmt == "json":
         click.echo(json.dumps([i.as_json() for i in items], indent=2))
     else:
-        for item in items:
-            click.echo(str(item))
-        terminal.err(f"{len(items)} refusals or stuck workloads.")
+        terminal.audit_items(items)
     _exit(1 if items else 0)
 
 

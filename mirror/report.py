@@ -1,14 +1,25 @@
 """Reports written to files or stdout: JSON for machines, SARIF for code hosts, Markdown for
-people. (What goes to the terminal is mirror.terminal's.)"""
+people. (What goes to the terminal is mirror.terminal's.)
+
+Remote text (registry errors, cluster messages, file names and images from manifests) is
+escaped for each format: JSON by construction, with URL credentials hidden (redact_url);
+SARIF messages and Markdown as single printable lines (`printable`), Markdown's own syntax
+escaped too (`_md`, `_code`), so no registry can add a line, a table row or a link to a report.
+Output files are never written through a symbolic link (files.write_atomic), and one that
+cannot be written is refused before the command starts (`check_output`).
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from manifests_rewriter.files import write_atomic
+from manifests_rewriter.errors import UsageError
+from manifests_rewriter.files import printable, redact_url, write_atomic
 from manifests_rewriter.model import Finding
 from manifests_rewriter.rewrite import RewriteResult
 from manifests_rewriter.scan import ScanResult
@@ -26,18 +37,68 @@ RULES = {
 }
 
 
+def check_output(path: str | None) -> None:
+    """Before any work: refuse an output path that write_output would refuse after it (a
+    symbolic link, not a regular file, a directory that does not exist)."""
+    if path is None:
+        return
+    where = Path(path)
+    if where.is_symlink():
+        raise UsageError(f"{path}: is a symbolic link; reports and plans are never written through one "
+                         f"(remove the link or name another file)")
+    if where.exists() and not where.is_file():
+        raise UsageError(f"{path}: not a regular file; name a file to write")
+    if not where.parent.is_dir():
+        raise UsageError(f"{path}: directory {where.parent} does not exist; create it or name another file")
+    if not os.access(where.parent, os.W_OK):
+        raise UsageError(f"{path}: directory {where.parent} is not writable; name another file")
+
+
 def write_output(path: str, text: str) -> None:
-    """Reports and plans are written whole or not at all (a killed run leaves the old file)."""
+    """Reports and plans are written whole or not at all (a killed run leaves the old file),
+    never through a symbolic link."""
     write_atomic(Path(path), text.encode("utf-8"))
 
 
+def redacted(value: Any) -> Any:
+    """A JSON value with the credentials of every URL in its strings hidden."""
+    if isinstance(value, str):
+        return redact_url(value)
+    if isinstance(value, dict):
+        return {k: redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redacted(v) for v in value]
+    return value
+
+
+_MD_SYNTAX = re.compile(r"([\\`*_{}\[\]<>|~!#&])")
+
+
+def _md(text: object) -> str:
+    """Remote text as Markdown that shows exactly it: one line, no markup, no table cell break."""
+    return _MD_SYNTAX.sub(r"\\\1", printable(str(text)))
+
+
+def _code(text: object, *, cell: bool = True) -> str:
+    """Remote text as a code span (a fence longer than any backtick run inside; `|` escaped
+    in table cells, where GFM splits on it even inside code)."""
+    body = printable(str(text))
+    if not body:
+        return ""
+    if cell:
+        body = body.replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", body)), default=0) + 1)
+    pad = " " if body.startswith("`") or body.endswith("`") else ""
+    return f"{fence}{pad}{body}{pad}{fence}"
+
+
 def scan_json(result: ScanResult) -> str:
-    return json.dumps(result.as_json(), indent=2)
+    return json.dumps(redacted(result.as_json()), indent=2)
 
 
 def _sarif_result(rule: str, message: str, file: str | None, line: int | None,
                   finding: Finding | None = None) -> dict[str, Any]:
-    item: dict[str, Any] = {"ruleId": rule, "level": RULES[rule][0], "message": {"text": message}}
+    item: dict[str, Any] = {"ruleId": rule, "level": RULES[rule][0], "message": {"text": printable(message)}}
     if finding is not None and finding.assignment:  # which assignment and parameter decided
         item["properties"] = {"assignment": finding.assignment, "parameter": finding.parameter,
                               "effect": finding.effect, "refused": finding.refused}
@@ -94,23 +155,25 @@ def markdown_summary(copies: Iterable[dict[str, Any]], rewrites: Iterable[dict[s
     if copies:
         lines += ["## Images", "", "| source | target | digest | platforms | moved | status |",
                   "|---|---|---|---|---|---|"]
-        for c in copies:
-            status = c.get("status", "")
+        for c in copies:  # every cell may hold registry text
+            status = str(c.get("status", ""))
             if c.get("error"):
                 status += f": {c['error']}"
-            digest = (c.get("digest") or "")[:19]
-            lines.append(f"| `{c.get('source')}` | `{c.get('target')}` | `{digest}` | "
-                         f"{', '.join(c.get('platforms') or [])} | {human_size(c.get('bytes_moved'))} | {status} |")
+            digest = str(c.get("digest") or "")[:19]
+            lines.append(f"| {_code(c.get('source'))} | {_code(c.get('target'))} | {_code(digest)} | "
+                         f"{_md(', '.join(c.get('platforms') or []))} | {human_size(c.get('bytes_moved'))} | "
+                         f"{_md(status)} |")
         lines.append("")
     if rewrites:
         lines += ["## Rewritten", ""]
         for r in rewrites:
-            lines.append(f"- `{r['file']}`")
-            lines += [f"  - line {ch['line']}: `{ch['old']}` → `{ch['new']}`" for ch in r.get("changes", [])]
+            lines.append(f"- {_code(r['file'], cell=False)}")
+            lines += [f"  - line {ch['line']}: {_code(ch['old'], cell=False)} → {_code(ch['new'], cell=False)}"
+                      for ch in r.get("changes", [])]
         lines.append("")
     lines += ["## What still blocks enforcement", ""]
     if remaining:
-        lines += [f"- {f.location()}: `{f.image}` ({f.reason})" for f in remaining]
+        lines += [f"- {_md(f.location())}: {_code(f.image, cell=False)} ({_md(f.reason)})" for f in remaining]
     else:
         lines.append("Nothing: every container image found matches the policy.")
     return "\n".join(lines) + "\n"
@@ -127,7 +190,7 @@ def sync_report(path: str, run: SyncRun) -> None:
     if path.endswith(".md"):
         write_output(path, markdown_summary(images, [], []))
     else:
-        write_output(path, json.dumps({"images": images, "pacing": [f.as_json() for f in run.pacing]},
+        write_output(path, json.dumps(redacted({"images": images, "pacing": [f.as_json() for f in run.pacing]}),
                                       indent=2) + "\n")
 
 
@@ -138,6 +201,7 @@ def migration_report(path: str, run: MigrationRun) -> None:
     if path.endswith(".md"):
         text = markdown_summary(images, rewritten, run.remaining)
     else:
-        text = json.dumps({"images": images, "rewrites": rewritten, "remaining": [f.as_json() for f in run.remaining],
-                           "errors": [e.as_json() for e in run.scan.errors]}, indent=2) + "\n"
+        text = json.dumps(redacted({"images": images, "rewrites": rewritten,
+                                    "remaining": [f.as_json() for f in run.remaining],
+                                    "errors": [e.as_json() for e in run.scan.errors]}), indent=2) + "\n"
     write_output(path, text)

@@ -2,15 +2,19 @@
 
 Data goes to stdout (tables, JSON, diffs); what happened goes to stderr (one line per event,
 `error:`/`warning:`/`failed:`/`skipped:` prefixes), so `acr-mirror scan --format json > x`
-keeps x clean. Every line holding remote or file text is escaped (`printable`): no manifest,
-registry or cluster can forge a line or drive the terminal.
+keeps x clean. Every line holding remote or file text is escaped (`printable`, through `err`
+and `out`; JSON is escaped by construction): no manifest, registry or cluster can forge a line
+or drive the terminal, and no URL shows its credentials. Log records of the `mirror` loggers
+come out the same way (`route_logging`). Diffs are the one exception: they are the files' own
+bytes, for `patch` or a reviewer.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import click
@@ -36,7 +40,25 @@ def err(line: str) -> None:
 
 
 def out(line: str) -> None:
-    click.echo(line)
+    """One line of data on stdout (a table row, an item), escaped like every other line."""
+    click.echo(printable(line))
+
+
+class _EscapedLines(logging.Handler):
+    """Log records as `warning: ...` lines on stderr, escaped: messages may quote registry text."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            err(f"{record.levelname.lower()}: {record.getMessage()}")
+        except Exception:  # noqa: BLE001 - logging must never take the command down
+            self.handleError(record)
+
+
+def route_logging() -> None:
+    """Send the `mirror` loggers' records (warnings and above) through `err`, never raw to stderr."""
+    logger = logging.getLogger("mirror")
+    if not any(isinstance(h, _EscapedLines) for h in logger.handlers):
+        logger.addHandler(_EscapedLines(logging.WARNING))
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:
@@ -109,6 +131,12 @@ def plan_run(run: PlanRun, *, fmt: str, output: str | None, text: str) -> None:
             out(f"{entry.source} -> {entry.target}" + (f"  {entry.digest}" if entry.digest else ""))
 
 
+def plan_refusals(refused: Iterable[str]) -> None:
+    """`sync --plan` / `rewrite --plan`: one line per plan entry that does not match the config."""
+    for line in refused:
+        err(f"refused: {line}")
+
+
 # -- sync ----------------------------------------------------------------------------------------
 
 
@@ -146,9 +174,9 @@ def sync_run(run: SyncRun) -> None:
     if run.dry_run:
         for r in run.copies:  # a dry run's note is the request it would make (acr-import): on its line
             state = "already there" if r.status == "present" else "failed" if r.status == "failed" else "would copy"
-            out(printable(f"{r.source} -> {r.target}: {state}"))
+            out(f"{r.source} -> {r.target}: {state}")
             if r.note:
-                out(printable(f"  {r.note}"))
+                out(f"  {r.note}")
     copies_summary(run.copies, notes=not run.dry_run)
     pacing(run.pacing, run.notes)
     for failure in run.lock_failures:
@@ -206,7 +234,8 @@ def rewrite_run(run: RewriteRun) -> None:
         for result in run.repos.results.values():
             for skipped in result.skipped:
                 err(f"skipped: {skipped}")
-        out(summary_table(run.repos.outcomes))
+        for line in summary_table(run.repos.outcomes).splitlines():
+            out(line)
     if run.cluster is not None:
         for error in run.cluster.errors:
             err(f"error: {error}")
@@ -230,6 +259,20 @@ def migration(run: MigrationRun) -> None:
         + ("" if run.remaining else " - ready to enforce"))
     for failure in run.lock_failures:
         err(f"failed: {failure}")
+
+
+# -- audit and policy ----------------------------------------------------------------------------
+
+
+def audit_items(items: Sequence[object]) -> None:
+    """`audit`: one line per refusal; event messages and constraint text come from the cluster."""
+    for item in items:
+        out(str(item))
+    err(f"{len(items)} refusals or stuck workloads.")
+
+
+def policy_ok(context: Context) -> None:
+    out(f"policy ok: imageRegex {context.policy.image_regex} ({context.policy.origin})")  # may come from a cluster
 
 
 # -- progress ------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from manifests_rewriter.files import WriteError, write_atomic
+from manifests_rewriter.files import Tree, WriteError, write_atomic
 from manifests_rewriter.locate import ImageField, locate
 from manifests_rewriter.reference import ImageRef, parse
 from manifests_rewriter.splice import (
@@ -385,19 +385,47 @@ def test_write_atomic_refuses_a_concurrently_changed_file(tmp_path: Path) -> Non
     assert not path.exists()
 
 
-def test_write_atomic_follows_symlinks_and_creates_new_files(tmp_path: Path) -> None:
+def test_write_atomic_never_writes_through_a_link_and_creates_new_files(tmp_path: Path) -> None:
     real = tmp_path / "real.yaml"
     real.write_bytes(b"a\n")
     link = tmp_path / "link.yaml"
     link.symlink_to(real)
-    write_atomic(link, b"b\n", expected=b"a\n")
-    assert link.is_symlink() and real.read_bytes() == b"b\n"
+    with pytest.raises(WriteError, match="replaced by a symbolic link since it was read; not written through it"):
+        write_atomic(link, b"b\n", expected=b"a\n")
+    with pytest.raises(WriteError, match="is a symbolic link; not written through it"):
+        write_atomic(link, b"b\n")  # an output file (report, plan) named by a planted link
+    assert link.is_symlink() and real.read_bytes() == b"a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.yaml", "real.yaml"]
     fresh = tmp_path / "fresh.yaml"
     write_atomic(fresh, b"c\n")
     assert fresh.read_bytes() == b"c\n"
     umask = os.umask(0o022)
     os.umask(umask)
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~umask
+
+
+def test_write_atomic_from_a_tree_never_passes_a_swapped_directory(tmp_path: Path) -> None:
+    """A file found in a tree is written from the tree's directory, component by component without
+    following links: a directory swapped for a link (or the tree itself moved) is refused."""
+    tree, outside = tmp_path / "tree", tmp_path / "outside"
+    (tree / "app").mkdir(parents=True)
+    outside.mkdir()
+    (tree / "app" / "pod.yaml").write_bytes(b"old\n")
+    (outside / "pod.yaml").write_bytes(b"old\n")
+    walked = Tree.at(tree)
+    write_atomic(tree / "app" / "pod.yaml", b"new\n", expected=b"old\n", tree=walked)
+    assert (tree / "app" / "pod.yaml").read_bytes() == b"new\n"
+    (tree / "app").rename(tree / "moved")
+    (tree / "app").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(WriteError, match="app was replaced .by a symbolic link.. since it was read; not written"):
+        write_atomic(tree / "app" / "pod.yaml", b"evil\n", expected=b"old\n", tree=walked)
+    tree.rename(tmp_path / "tree-moved")
+    tree.symlink_to(outside, target_is_directory=True)
+    with pytest.raises(WriteError, match="no longer the directory that was read"):
+        write_atomic(tree / "pod.yaml", b"evil\n", expected=b"old\n", tree=walked)
+    with pytest.raises(WriteError, match="outside the tree"):
+        write_atomic(outside / "pod.yaml", b"evil\n", expected=b"old\n", tree=Tree.at(tmp_path / "tree-moved"))
+    assert (outside / "pod.yaml").read_bytes() == b"old\n"
 
 
 def test_end_to_end_file_rewrite_is_byte_exact(tmp_path: Path) -> None:

@@ -1,25 +1,34 @@
-"""Which files to read, and reading them safely.
+"""Which files to read, and reading and writing them safely.
 
 Directories are walked for *.yaml and *.yml without following directory links (so a
 link loop cannot trap the walk). A file link whose target lies outside the tree given is
 reported and skipped; one inside is skipped because its target is scanned in its own
-right. Reading refuses files over the size limit, binary files and invalid UTF-8 with one
-line each; nothing here raises for a bad file. Writing (`write_atomic`) replaces a file
-all at once, or not at all.
+right. A path named on the command line that is (or passes through) a link is followed
+only when it stays inside its tree: the repository it is named in (the nearest directory
+above it holding `.git`, as the hook passes files from the repository root), else the
+directory it is named in. Reading refuses files over the size limit, binary files and
+invalid UTF-8 with one line each; nothing here raises for a bad file.
+
+Writing (`write_atomic`) replaces a file all at once, or not at all, and never through a
+symbolic link: a file found in a tree is written from the tree's directory as it was
+walked (`Tree`), one directory at a time without following links, so a directory swapped
+for a link after the walk cannot send the write elsewhere; an output file (a report, a
+plan) that is a link is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
-import glob
 import os
 import re
+import secrets
 import stat
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import AcrMirrorError
 
@@ -30,11 +39,21 @@ SKIP_DIRS = {".git", ".hg", ".svn", "node_modules", ".venv", "venv", "__pycache_
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 
 
+# scheme://userinfo@ : up to the last '@' before the path, so `user:p@ss@host` is hidden whole
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s'\"<>]+@")
+
+
+def redact_url(text: str) -> str:
+    """Hide the credentials of every URL in `text`: `https://user:pass@host` -> `https://***@host`.
+    For anything that shows an endpoint, a remote URL or an error message quoting one."""
+    return _URL_USERINFO.sub(r"\1***@", text)
+
+
 def printable(text: str) -> str:
-    """Text from files and registries, safe for a terminal: control characters (ESC, BEL,
-    newlines...) and bidi overrides are shown escaped, so no manifest or file name can
-    forge an output line or drive the terminal."""
-    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    """Text from files, registries and clusters, safe to show on one line: control characters
+    (ESC, BEL, newlines...) and bidi overrides are shown escaped, so no manifest or file name
+    can forge an output line or drive the terminal, and URL credentials are hidden (redact_url)."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), redact_url(text))
 
 
 @dataclass(frozen=True)
@@ -50,11 +69,36 @@ class FileError:
 
 
 @dataclass(frozen=True)
+class Tree:
+    """A directory files were found in: its real path and its identity (device, inode) when it
+    was walked. Files below it are written from this very directory (write_atomic)."""
+
+    path: Path
+    dev: int
+    ino: int
+
+    @classmethod
+    def at(cls, path: str | Path) -> Tree:
+        real = Path(os.path.realpath(path))
+        info = os.stat(real)
+        return cls(real, info.st_dev, info.st_ino)
+
+
+class Found(NamedTuple):
+    """A file to read: its real path (no link on the way below `tree`), the name shown, its tree."""
+
+    path: Path
+    display: str
+    tree: Tree
+
+
+@dataclass(frozen=True)
 class SourceFile:
-    path: Path  # the path to write to (a link given on the command line is resolved)
+    path: Path  # the real path to write to (a link given on the command line is resolved)
     display: str  # the path as the user named it
     raw: bytes
     text: str
+    tree: Tree | None = None  # where the file was found: written from there, never through a link
 
 
 def _excluded(relative: str, patterns: tuple[str, ...]) -> bool:
@@ -92,8 +136,33 @@ def _link_problem(path: str, real_root: Path) -> str | None:
     return None  # inside the tree: its target is read in its own right
 
 
-def discover(paths: Iterable[str | Path], exclude: tuple[str, ...] = ()) -> Iterator[tuple[Path, str] | FileError]:
-    """Yield (real path, display name) for each file to read, or a FileError."""
+def containing_tree(given: str | Path) -> Path:
+    """The tree a path named on the command line belongs to: the repository it is named in (the
+    nearest directory above it holding .git, not counting directories that are links), else
+    the directory it is named in. Links in the path may lead anywhere inside it, not out."""
+    named_in = Path(os.path.abspath(given)).parent
+    for directory in (named_in, *named_in.parents):
+        if not os.path.islink(directory) and os.path.lexists(directory / ".git"):
+            return directory
+    return named_in
+
+
+def _named(given: str | Path) -> Found | FileError:
+    """A path named on the command line, followed only while it stays inside its tree."""
+    tree_path = containing_tree(given)
+    try:
+        real = Path(os.path.realpath(given, strict=True))
+        tree = Tree.at(tree_path)
+    except (OSError, RuntimeError):
+        return FileError(str(given), "symbolic link loop or broken link; skipped")
+    if not real.is_relative_to(tree.path):
+        return FileError(str(given), f"symbolic link to {real}, outside the tree {tree_path}; skipped (name the "
+                                     f"target itself to use it)")
+    return Found(real, str(given), tree)
+
+
+def discover(paths: Iterable[str | Path], exclude: tuple[str, ...] = ()) -> Iterator[Found | FileError]:
+    """Yield a Found for each file to read, or a FileError."""
     for given in paths:
         root = Path(given)
         if root.is_symlink() and not root.exists():
@@ -102,28 +171,32 @@ def discover(paths: Iterable[str | Path], exclude: tuple[str, ...] = ()) -> Iter
         if not root.exists():
             yield FileError(str(given), "no such file or directory")
             continue
-        if not root.is_dir():
-            yield root.resolve(), str(given)
+        named = _named(given)
+        if isinstance(named, FileError) or not named.path.is_dir():
+            yield named
             continue
-        real_root = root.resolve()
+        tree = Tree.at(named.path)
         for entry in _entries(str(root)):
             is_yaml = entry.name.endswith(YAML_SUFFIXES)
-            if exclude and _excluded(os.path.relpath(entry.path, root), exclude):
+            relative = os.path.relpath(entry.path, root)
+            if exclude and _excluded(relative, exclude):
                 continue
             if entry.is_symlink():
                 target_is_dir = os.path.isdir(entry.path)
                 if is_yaml or target_is_dir:  # a link to a directory may escape the tree too
-                    problem = _link_problem(entry.path, real_root)
+                    problem = _link_problem(entry.path, tree.path)
                     if problem:
                         yield FileError(entry.path, problem)
             elif is_yaml:
-                yield Path(entry.path), entry.path
+                yield Found(tree.path / relative, entry.path, tree)
 
 
-def read_source(path: Path, display: str, max_bytes: int) -> SourceFile | FileError:
+def read_source(found: Found, max_bytes: int) -> SourceFile | FileError:
+    path, display, tree = found
     try:
-        # O_NONBLOCK: opening a FIFO named *.yaml must not wait for a writer
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK: opening a FIFO named *.yaml must not wait for a writer; O_NOFOLLOW: the
+        # path found has no link, so a link here was planted since
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
         with open(fd, "rb") as handle:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
@@ -137,6 +210,8 @@ def read_source(path: Path, display: str, max_bytes: int) -> SourceFile | FileEr
     except IsADirectoryError:
         return FileError(display, "is a directory")
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return FileError(display, "replaced by a symbolic link since the tree was walked; skipped")
         return FileError(display, f"cannot read: {exc.strerror or exc}")
     if len(raw) > max_bytes:
         return FileError(display, f"file grew over the limit of {max_bytes:,} bytes while being read")
@@ -147,7 +222,7 @@ def read_source(path: Path, display: str, max_bytes: int) -> SourceFile | FileEr
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         return FileError(display, f"line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})")
-    return SourceFile(path, display, raw, text)
+    return SourceFile(path, display, raw, text, tree)
 
 
 class WriteError(AcrMirrorError):
@@ -166,47 +241,109 @@ def _umask() -> int:
     return 0o022
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 TEMP_MARK = "acr-mirror-"  # names our temporary files, so a later run may remove a killed run's leftovers
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_SEARCH = getattr(os, "O_PATH", os.O_RDONLY)  # enough to open what is below a directory
 
 
-def write_atomic(path: Path, data: bytes, *, expected: bytes | None = None) -> None:
+def _open_directory(path: Path, tree: Tree | None) -> int:
+    """A descriptor of the directory `path` is in. With a tree: opened from the tree's own
+    directory (the one walked, checked by identity), one component at a time without
+    following links. Without: the directory as named (the caller named it; the file itself
+    is never followed, see write_atomic)."""
+    if tree is None:
+        try:
+            return os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC)
+        except OSError as exc:
+            raise WriteError(f"{path}: cannot open its directory: {exc.strerror or exc}; not written") from None
+    try:
+        parts = path.parent.relative_to(tree.path).parts
+    except ValueError:
+        raise WriteError(f"{path}: outside the tree {tree.path}; not written") from None
+    try:
+        fd = os.open(tree.path, (os.O_RDONLY if not parts else _O_SEARCH) | os.O_DIRECTORY | _O_CLOEXEC)
+    except OSError as exc:
+        raise WriteError(f"{path}: cannot open {tree.path}: {exc.strerror or exc}; not written") from None
+    info = os.fstat(fd)
+    if (info.st_dev, info.st_ino) != (tree.dev, tree.ino):
+        os.close(fd)
+        raise WriteError(f"{path}: {tree.path} is no longer the directory that was read (moved or replaced by a "
+                         f"link); not written")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        try:
+            child = os.open(part, (os.O_RDONLY if last else _O_SEARCH) | os.O_DIRECTORY | os.O_NOFOLLOW | _O_CLOEXEC,
+                            dir_fd=fd)
+        except OSError as exc:
+            where = tree.path.joinpath(*parts[:i + 1])
+            if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                reason = f"{where} was replaced (by a symbolic link?) since it was read"
+            else:
+                reason = f"cannot open {where}: {exc.strerror or exc}"
+            raise WriteError(f"{path}: {reason}; not written") from None
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
+
+
+def _temporary(dir_fd: int, prefix: str) -> tuple[int, str]:
+    """A new file of ours beside the target (O_EXCL: never an existing file or link)."""
+    for _ in range(100):
+        name = f"{prefix}{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _O_CLOEXEC, 0o600,
+                           dir_fd=dir_fd), name
+        except FileExistsError:
+            continue
+    raise WriteError("cannot create a temporary file")  # pragma: no cover - 100 collisions of 48 random bits
+
+
+def write_atomic(path: Path, data: bytes, *, expected: bytes | None = None, tree: Tree | None = None) -> None:
     """Replace the file's content with `data`, all at once: a temporary file in the same
     directory is written, fsynced, given the original file's mode (and owner when
     possible), then renamed over the file, and the directory is fsynced. Readers see
     the old or the new content, never a mix; a crash leaves the old file.
 
-    A symlink is followed: its target is replaced, the link stays. A read-only file is refused.
-    Temporary files a killed run left beside the file (`.NAME.acr-mirror-*.tmp`) are removed.
-    With `expected`, the file must still hold exactly those bytes (it is checked before
-    and again just before the rename); if someone changed it since it was read,
-    WriteError is raised and nothing is written."""
-    path = Path(os.path.realpath(path))
-    directory = path.parent
+    Never through a symbolic link: a file that is a link is refused (WriteError), so a link
+    planted where a report or a plan goes cannot redirect the write. With `tree` (where the
+    file was found), the directory is reached from the tree without following links (see
+    Tree). A read-only file is refused. Temporary files a killed run left beside the file
+    (`.NAME.acr-mirror-*.tmp`) are removed. With `expected`, the file must still hold
+    exactly those bytes (it is checked before and again just before the rename); if someone
+    changed it since it was read, WriteError is raised and nothing is written."""
+    path = Path(path)
+    name = path.name
+    dir_fd = _open_directory(path, tree)
+    try:
+        _replace(path, name, dir_fd, data, expected)
+    finally:
+        os.close(dir_fd)
 
+
+def _replace(path: Path, name: str, dir_fd: int, data: bytes, expected: bytes | None) -> None:
     def check() -> os.stat_result | None:
         try:
-            current = path.read_bytes() if expected is not None else None
-            info = path.stat()
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISLNK(info.st_mode) and expected is not None:
+                raise WriteError(f"{path}: replaced by a symbolic link since it was read; not written through it")
+            if stat.S_ISLNK(info.st_mode):
+                raise WriteError(f"{path}: is a symbolic link; not written through it (remove the link, or name "
+                                 f"the file it points to)")
+            if not stat.S_ISREG(info.st_mode):
+                raise WriteError(f"{path}: not a regular file; not written")
+            if expected is None:
+                return info
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _O_CLOEXEC, dir_fd=dir_fd)
+            with open(fd, "rb") as handle:
+                current = handle.read()
         except FileNotFoundError:
             if expected is not None:
                 raise WriteError(f"{path}: the file is gone since it was read; not written") from None
             return None
         except OSError as exc:
             raise WriteError(f"reading {path}: {exc.strerror or exc}") from None
-        if expected is not None and current != expected:
+        if current != expected:
             raise WriteError(f"{path}: the file changed since it was read; not written")
         return info
 
@@ -214,11 +351,13 @@ def write_atomic(path: Path, data: bytes, *, expected: bytes | None = None) -> N
     if info is not None and not info.st_mode & 0o222:
         # rename() needs only the directory's permission; a file made read-only stays as it is
         raise WriteError(f"{path}: the file is read-only; not written")
-    prefix = f".{path.name}.{TEMP_MARK}"
-    for stale in directory.glob(f"{glob.escape(prefix)}*.tmp"):  # left by a run that was killed mid-write
-        with contextlib.suppress(OSError):
-            stale.unlink()
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")
+    prefix = f".{name}.{TEMP_MARK}"
+    with contextlib.suppress(OSError):  # left by a run that was killed mid-write
+        for stale in os.listdir(dir_fd):
+            if stale.startswith(prefix) and stale.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    os.unlink(stale, dir_fd=dir_fd)
+    fd, tmp_name = _temporary(dir_fd, prefix)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -232,9 +371,10 @@ def write_atomic(path: Path, data: bytes, *, expected: bytes | None = None) -> N
                 os.fchmod(handle.fileno(), 0o666 & ~_umask())
             os.fsync(handle.fileno())
         check()  # narrow the window for a concurrent edit as far as we can
-        os.replace(tmp_name, path)
+        os.replace(tmp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # replaces a link itself, never its target
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
+            os.unlink(tmp_name, dir_fd=dir_fd)
         raise
-    _fsync_dir(directory)
+    with contextlib.suppress(OSError):  # a directory opened for search only cannot be fsynced
+        os.fsync(dir_fd)

@@ -122,7 +122,7 @@ def rewrite_paths(paths: Iterable[str], policy: Policy, resolve: Resolve, *, wri
         result.files.append(planned)
         if write and planned.changed:
             try:
-                write_atomic(source.path, planned.new_text.encode("utf-8"), expected=source.raw)
+                write_atomic(source.path, planned.new_text.encode("utf-8"), expected=source.raw, tree=source.tree)
             except WriteError as exc:
                 result.errors.append(FileError(source.display, str(exc)))
             except OSError as exc:

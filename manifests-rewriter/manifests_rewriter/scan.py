@@ -16,10 +16,9 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
-from pathlib import Path
 from typing import Any
 
-from .files import FileError, SourceFile, discover, read_source
+from .files import FileError, Found, SourceFile, discover, read_source
 from .locate import ImageField, YamlError, locate
 from .model import Decision, Finding
 from .policy import Policy, Verdict
@@ -99,7 +98,7 @@ def read_sources(paths: Iterable[str], max_bytes: int, exclude: tuple[str, ...] 
             if errors is not None:
                 errors.append(item)
             continue
-        source = read_source(*item, max_bytes)
+        source = read_source(item, max_bytes)
         if isinstance(source, FileError):
             if errors is not None:
                 errors.append(source)
@@ -112,10 +111,10 @@ PARALLEL_MIN_FILES = 256
 _CHUNK = 64
 
 
-def _scan_files(files: list[tuple[Path, str]], policy: Policy, to_target: ToTarget, max_bytes: int) -> ScanResult:
+def _scan_files(files: list[Found], policy: Policy, to_target: ToTarget, max_bytes: int) -> ScanResult:
     result = ScanResult()
     for item in files:
-        source = read_source(*item, max_bytes)
+        source = read_source(item, max_bytes)
         if isinstance(source, FileError):
             result.errors.append(source)
             continue
@@ -143,7 +142,7 @@ def scan_paths(paths: Iterable[str], policy: Policy, to_target: ToTarget, *,
                max_bytes: int = 16 * 1024 * 1024, exclude: tuple[str, ...] = ()) -> ScanResult:
     """Scan every YAML file under `paths`; a large tree is spread over the machine's cores."""
     result = ScanResult()
-    files: list[tuple[Path, str]] = []
+    files: list[Found] = []
     for item in discover(paths, exclude):
         if isinstance(item, FileError):
             result.errors.append(item)

@@ -437,13 +437,13 @@ def test_file_changed_between_scan_and_rewrite_keeps_the_users_edit(
 
         monkeypatch.setattr(rewrite_module, "plan_file", plan_then_edit)
     else:  # between write_atomic's first check and its rename: the second check must see it
-        real_mkstemp = files_module.tempfile.mkstemp
+        real_temporary = files_module._temporary
 
-        def mkstemp_after_edit(*args: Any, **kwargs: Any) -> Any:
+        def temporary_after_edit(*args: Any, **kwargs: Any) -> Any:
             edit()
-            return real_mkstemp(*args, **kwargs)
+            return real_temporary(*args, **kwargs)
 
-        monkeypatch.setattr(files_module.tempfile, "mkstemp", mkstemp_after_edit)
+        monkeypatch.setattr(files_module, "_temporary", temporary_after_edit)
 
     figures.record("hostile", tried=1)
     main, args = commands(workspace["config"], tree)[command]

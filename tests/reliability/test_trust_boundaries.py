@@ -566,7 +566,6 @@ def _one_image_world(tmp_path: Path, target: Any, servers: list[HostileServer]) 
     return source, config
 
 
-@issue11("--report/--output write through a planted symlink")
 @pytest.mark.parametrize("output", ["sync --report x.json", "sync --report x.md", "plan --output x.json"])
 def test_outputs_never_write_through_a_planted_symlink(
         output: str, empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
@@ -590,7 +589,6 @@ def test_outputs_never_write_through_a_planted_symlink(
     figures.record("trust", handled=1)
 
 
-@issue11("the Markdown report copies raw registry error text (newlines included)")
 def test_markdown_report_escapes_registry_text(
         empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
     source, config = _one_image_world(tmp_path, empty_target, servers)
@@ -622,7 +620,6 @@ POD = "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers:\n 
 HOOK_CONFIG = "target: {registry: crazureblue.azurecr.io}\npolicy:\n  imageRegex: '^crazureblue\\.azurecr\\.io/.+$'\n"
 
 
-@issue11("symlinks named on the command line are followed outside the tree")
 @pytest.mark.parametrize("named", ["a link to a file", "a link to a directory"])
 def test_rewrite_does_not_follow_a_named_link_out_of_the_tree(named: str, tmp_path: Path, figures: Any):
     """`rewrite repo/deploy.yaml` (as a CI job or the hook passes file names) where the checkout planted
@@ -647,7 +644,6 @@ def test_rewrite_does_not_follow_a_named_link_out_of_the_tree(named: str, tmp_pa
     figures.record("trust", handled=1)
 
 
-@issue11("a directory swapped for a symlink during the walk lets files outside the tree be rewritten")
 def test_directory_swapped_for_a_link_mid_run_is_not_written_through(
         tmp_path: Path, servers: list[HostileServer], figures: Any):
     """The files are read, then acr-mirror asks the registries whether the image is there; while it
@@ -710,7 +706,6 @@ def test_plan_escapes_registry_error_text(
     figures.record("trust", handled=1)
 
 
-@issue11("audit prints cluster event messages unescaped")
 def test_audit_escapes_cluster_event_text(tmp_path: Path, figures: Any):
     from tests.support.kubeapi import KubeAPI, container, denial_message, event, replicaset
 
