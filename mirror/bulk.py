@@ -17,9 +17,8 @@ shell):
    change, `path:line: old -> new` (paths relative to the work tree's top). Author and
    committer come from git's own configuration and environment; only when `user.name` or
    `user.email` is unset is `-c user.name=acr-mirror` / `-c user.email=acr-mirror@localhost`
-   given. Hooks run as they would for the user. The checkout is left on the new branch, for
-   review. Nothing written: back to the original branch, the new branch is deleted
-   ("unchanged").
+   given. The checkout is left on the new branch, for review. Nothing written: back to the
+   original branch, the new branch is deleted ("unchanged").
 4. Any failure (the rewrite raised, git failed, a hook refused the commit, Ctrl-C): the new
    branch is reset, the original branch (or detached HEAD) checked out again and the new
    branch deleted, so the repository is as it was ("failed", with the reason; Ctrl-C is
@@ -32,6 +31,20 @@ shell):
 Every message that may contain git output is passed through `redact`, which hides the user
 information (`user:password@`, `token@`) of URLs, so a remote URL with credentials is never
 shown.
+
+No code of a checkout runs. The checkouts are often someone else's (a bulk update of many
+teams' repositories), and git runs commands a repository's own configuration names. On every
+git call acr-mirror makes: no hooks at all (`core.hooksPath=/dev/null`, `--no-verify`), no
+`core.fsmonitor`, no `ext::` transport, no submodule recursion, no automatic gc, no pager. And
+each command-running key the checkout's own config (`.git/config`, `config.worktree` and what
+they include) sets is pinned to the user's own value (system, global) or made harmless (see
+`_pins`): clean/smudge/process filters, credential helpers, `core.sshCommand`, `core.askPass`,
+`core.gitProxy`, `gpg.*program`, `commit.gpgSign`, `remote.*.receivepack` (as push's option), diff
+drivers, `http.sslVerify`. A file to commit that needs a filter only the checkout defines
+fails the repository with a reason (committing it unfiltered would store the wrong content).
+The user's own configuration still applies (identity, signing, their credential helpers unless
+the checkout names helpers of its own: then none runs, and a push that needs credentials fails
+with the retry command).
 
 `dry_run`: nothing in a repository is changed. The read-only refusals of step 1 apply; then
 `rewrite_repo(repo, write=False)` is called, so a callable used with `dry_run` must accept a
@@ -49,12 +62,12 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from manifests_rewriter.errors import UsageError
-from manifests_rewriter.files import write_atomic
+from manifests_rewriter.files import WriteError, printable, redact_url, write_atomic
 from manifests_rewriter.rewrite import FileRewrite, RewriteResult
 
 DEFAULT_BRANCH = "acr-mirror/allowed-images"
@@ -68,7 +81,26 @@ _LOCATION_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRE
                   "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_NAMESPACE", "GIT_PREFIX")
 _IN_PROGRESS = (("rebase-merge", "rebase"), ("rebase-apply", "rebase or am"), ("MERGE_HEAD", "merge"),
                 ("CHERRY_PICK_HEAD", "cherry-pick"), ("REVERT_HEAD", "revert"), ("BISECT_LOG", "bisect"))
-_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s'\"]+@")  # up to the last '@' of the authority
+# Set on every git call: nothing a checkout configures runs through these (module docstring).
+SAFE_CONFIG = ("core.hooksPath=/dev/null", "core.fsmonitor=false", "protocol.ext.allow=never",
+               "submodule.recurse=false", "push.recurseSubmodules=no", "gc.auto=0", "maintenance.auto=false")
+# Keys (as `git config --list` spells them: section and name lower case) whose value is a command git
+# runs, or that hand credentials on: when the checkout's own config sets one, it is pinned to the
+# user's value or to this harmless one (None: a credential helper, handled as a list).
+_COMMAND_KEYS: tuple[tuple[re.Pattern[str], str | None], ...] = (
+    (re.compile(r"filter\..+\.(clean|smudge|process)"), ""),
+    (re.compile(r"credential\.(.+\.)?helper"), None),
+    (re.compile(r"core\.sshcommand"), "ssh"),
+    (re.compile(r"core\.askpass"), ""),
+    (re.compile(r"gpg\.program|gpg\.openpgp\.program"), "gpg"),
+    (re.compile(r"gpg\.x509\.program"), "gpgsm"),
+    (re.compile(r"gpg\.ssh\.program"), "ssh-keygen"),
+    (re.compile(r"gpg\.ssh\.defaultkeycommand"), ""),
+    (re.compile(r"(commit|tag)\.gpgsign"), "false"),
+    (re.compile(r"diff\.external|diff\..+\.(textconv|command)"), ""),
+    (re.compile(r"http\.(.+\.)?sslverify"), "true"),
+)
+_TRUSTED_SCOPES = ("system", "global", "command")  # the user's own; "local" and "worktree" are the checkout's
 
 
 class BulkError(UsageError):
@@ -90,9 +122,7 @@ class RepoOutcome:
         return asdict(self)
 
 
-def redact(text: str) -> str:
-    """Hide credentials in URLs: `https://user:pass@host` -> `https://***@host`."""
-    return _URL_USERINFO.sub(r"\1***@", text)
+redact = redact_url  # hide credentials in URLs: `https://user:pass@host` -> `https://***@host`
 
 
 def read_repo_list(path: str | os.PathLike[str]) -> list[Path]:
@@ -124,23 +154,75 @@ def _git_env() -> dict[str, str]:
     return env
 
 
+@dataclass
+class _Pins:
+    """What neutralises the command-running keys one checkout's own config sets."""
+
+    config: list[str]  # `-c key=value` arguments
+    env: dict[str, str]
+    filters: set[str]  # filter drivers only the checkout defines (disabled)
+    helpers: bool = False  # the checkout names credential helpers (none runs)
+    receive_pack: dict[str, str] = field(default_factory=dict)  # remote -> program (the first one set wins: an option)
+
+
+def _pins(git: _Git) -> _Pins:
+    """Read every config entry with its scope; pin each command key the checkout sets (its own
+    `.git/config`, `config.worktree` and what they include) to the user's value, else to a
+    harmless one (_COMMAND_KEYS)."""
+    listing = git.run("config", "--list", "--show-scope", "-z").stdout.split("\0")
+    entries: list[tuple[str, str, str]] = []
+    for scope, entry in zip(listing[::2], listing[1::2], strict=False):
+        key, _, value = entry.partition("\n")
+        entries.append((scope, key, value))
+    pins = _Pins([], {}, set())
+    untrusted = {key for scope, key, _ in entries if scope not in _TRUSTED_SCOPES}
+    trusted: dict[str, str] = {key: value for scope, key, value in entries if scope in _TRUSTED_SCOPES}
+    for key in sorted(untrusted):
+        if key == "core.gitproxy":  # a list matched in order: only the environment overrides it
+            pins.env["GIT_PROXY_COMMAND"] = os.environ.get("GIT_PROXY_COMMAND", "")
+            continue
+        if key.startswith("remote.") and key.endswith(".receivepack"):  # git uses the first one: push's option wins
+            pins.receive_pack[key[len("remote."):-len(".receivepack")]] = trusted.get(key, "git-receive-pack")
+            continue
+        for pattern, harmless in _COMMAND_KEYS:
+            if not pattern.fullmatch(key):
+                continue
+            if harmless is None:
+                pins.helpers = True
+                break
+            pins.config += ["-c", f"{key}={trusted.get(key, harmless)}"]
+            if key.startswith("filter.") and key not in trusted:
+                driver = key[len("filter."):].rpartition(".")[0]
+                pins.filters.add(driver)
+                pins.config += ["-c", f"filter.{driver}.required=false"]
+            break
+    if pins.helpers:  # an empty helper resets the list (URL-specific helpers too): none of them runs
+        pins.config += ["-c", "credential.helper="]
+    return pins
+
+
 def _summarize(stderr: str) -> str:
     lines = [ln.strip() for ln in stderr.splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("hint:")]
     return redact("; ".join(lines)) or "no message"
 
 
+def _safe_config() -> list[str]:
+    return [arg for item in SAFE_CONFIG for arg in ("-c", item)]
+
+
 class _Git:
-    def __init__(self, path: Path, env: dict[str, str]) -> None:
+    def __init__(self, path: Path, env: dict[str, str], pins: _Pins | None = None) -> None:
         self.path = path
         self.env = env
+        self.pins = pins or _Pins([], {}, set())
 
     def run(self, *args: str, input: str | None = None, timeout: float | None = None,
             check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = ["git", "-C", str(self.path), *args]
+        argv = ["git", "--no-pager", "-C", str(self.path), *_safe_config(), *self.pins.config, *args]
         try:
             done = subprocess.run(argv, input=input, capture_output=True, text=True, encoding="utf-8",
-                                  errors="surrogateescape", env=self.env, timeout=timeout,
+                                  errors="surrogateescape", env={**self.env, **self.pins.env}, timeout=timeout,
                                   stdin=None if input is not None else subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise _GitFailed(f"git {_command(args)} did not finish within {timeout:.0f} s") from None
@@ -157,8 +239,11 @@ class _Git:
         return self.run(*args).stdout
 
     def status_paths(self, untracked: str = "normal") -> set[str]:
-        """Paths (relative to the top) that `git status` reports, untracked ones included."""
-        entries = self.out("status", "--porcelain", "-z", f"--untracked-files={untracked}").split("\0")
+        """Paths (relative to the top) that `git status` reports, untracked ones included.
+        Submodules are not entered (each has a config of its own; the rewrite puts back what
+        it wrote there, as git does not track it here)."""
+        entries = self.out("status", "--porcelain", "-z", "--ignore-submodules=all",
+                           f"--untracked-files={untracked}").split("\0")
         paths: set[str] = set()
         it = iter(entries)
         for entry in it:
@@ -175,6 +260,17 @@ class _Git:
         if not paths:
             return set()
         return {p for p in self.out("ls-files", "-z", "--", *paths).split("\0") if p}
+
+    def check_filters(self, paths: Sequence[str]) -> None:
+        """Refuse to stage a file whose filter only the checkout's config defines: it is
+        disabled, and committing the file unfiltered would store the wrong content."""
+        if not self.pins.filters or not paths:
+            return
+        fields = self.out("check-attr", "-z", "filter", "--", *paths).split("\0")
+        for path, _, driver in zip(fields[::3], fields[1::3], fields[2::3], strict=False):
+            if driver in self.pins.filters:
+                raise _GitFailed(f"{path} goes through the filter {driver!r} that the checkout's own config "
+                                 f"defines; acr-mirror runs no command of a checkout: commit this repository by hand")
 
 
 def _command(args: Sequence[str]) -> str:
@@ -209,7 +305,7 @@ def _check_repository(repo: Path, branch: str, push: bool, remote: str, env: dic
     if top in seen:
         raise _Refused(f"same repository as {seen[top]}")
     seen[top] = str(repo)
-    git = _Git(top, env)
+    git = _Git(top, env, _pins(_Git(top, env)))  # before any command that could run the checkout's code
     head = git.run("rev-parse", "--verify", "--quiet", "HEAD^{commit}", check=False)
     if head.returncode != 0:
         raise _Refused("no commits yet")
@@ -246,15 +342,15 @@ def _written(result: RewriteResult, top: Path, *, dry_run: bool) -> list[tuple[s
     return sorted(files, key=lambda item: item[0])
 
 
-def _put_back(top: Path, files: Iterable[tuple[str, FileRewrite]]) -> list[str]:
-    """Restore the original bytes of files git does not track; returns their paths."""
+def _put_back(files: Iterable[tuple[str, FileRewrite]]) -> list[str]:
+    """Restore the original bytes of files git does not track (those the rewrite wrote, still
+    as it wrote them; never through a link); returns their paths."""
     restored = []
     for rel, planned in files:
-        path = top / rel
+        source = planned.source
         try:
-            if path.read_bytes() == planned.new_text.encode("utf-8"):
-                write_atomic(path, planned.source.raw)
-        except OSError:
+            write_atomic(source.path, source.raw, expected=planned.new_text.encode("utf-8"), tree=source.tree)
+        except (OSError, WriteError):
             continue
         restored.append(rel)
     return restored
@@ -305,7 +401,7 @@ def _restore(git: _Git, branch: str, original: str | None, head: str, created: b
             top = git.path
             written = _written(result, top, dry_run=False)
             tracked = git.tracked(rel for rel, _ in written)
-            _put_back(top, [(rel, f) for rel, f in written if rel not in tracked])
+            _put_back([(rel, f) for rel, f in written if rel not in tracked])
         except _GitFailed as exc:
             problems.append(str(exc))
     try:
@@ -350,10 +446,10 @@ def _process(repo: Path, rewrite_repo: Callable[..., RewriteResult], *, branch: 
         before_untracked = git.status_paths("all")  # empty (the tree is clean) unless someone is racing us
         git.run("switch", "--quiet", "-c", branch)
         created = True
-        result = rewrite_repo(repo)
+        result = rewrite_repo(Path(os.path.realpath(repo)))  # the checkout named, as a tree of its own
         written = _written(result, git.path, dry_run=False)
         tracked = git.tracked(rel for rel, _ in written)
-        untracked = _put_back(git.path, [(rel, f) for rel, f in written if rel not in tracked])
+        untracked = _put_back([(rel, f) for rel, f in written if rel not in tracked])
         files = [(rel, f) for rel, f in written if rel in tracked]
         notes = _notes(result, untracked)
         unexpected = git.status_paths("all") - before_untracked - {rel for rel, _ in files}
@@ -367,11 +463,13 @@ def _process(repo: Path, rewrite_repo: Callable[..., RewriteResult], *, branch: 
             git.run("branch", "--quiet", "-D", branch)
             created = False
             return RepoOutcome(name, "unchanged", reason="; ".join(notes) or None)
+        git.check_filters([rel for rel, _ in files])
         git.run("add", "--", *(rel for rel, _ in files))
-        git.run(*_identity(git), "commit", "--quiet", "--cleanup=verbatim", "--file=-", input=commit_message(files))
+        git.run(*_identity(git), "commit", "--quiet", "--no-verify", "--cleanup=verbatim", "--file=-",
+                input=commit_message(files))
         commit = git.out("rev-parse", "--verify", "HEAD").strip()
-        committed = {p for p in git.out("diff-tree", "--no-commit-id", "--name-only", "-r", "-z", commit).split("\0")
-                     if p}
+        committed = {p for p in git.out("diff-tree", "--no-commit-id", "--no-ext-diff", "--no-textconv", "--name-only",
+                                        "-r", "-z", commit).split("\0") if p}
         if committed != {rel for rel, _ in files}:
             raise _GitFailed(f"the commit holds {', '.join(sorted(committed))}, not the rewritten files")
     except BaseException as exc:
@@ -388,10 +486,13 @@ def _process(repo: Path, rewrite_repo: Callable[..., RewriteResult], *, branch: 
                           images=sum(len(f.changes) for _, f in files))
     if push:
         try:
-            git.run("push", "--quiet", "-u", remote, f"refs/heads/{branch}:refs/heads/{branch}", timeout=PUSH_TIMEOUT)
+            program = git.pins.receive_pack.get(remote)
+            git.run("push", "--quiet", "--no-verify", *([f"--receive-pack={program}"] if program else []), "-u", remote,
+                    f"refs/heads/{branch}:refs/heads/{branch}", timeout=PUSH_TIMEOUT)
             outcome.pushed = True
         except _GitFailed as exc:
-            notes.append(f"push to {remote} failed ({exc}); the commit is in place, retry with "
+            helpers = "; the checkout's config names credential helpers, none was run" if git.pins.helpers else ""
+            notes.append(f"push to {remote} failed ({exc}{helpers}); the commit is in place, retry with "
                          f"git -C {shlex.quote(name)} push -u {shlex.quote(remote)} {shlex.quote(branch)}")
     outcome.reason = redact("; ".join(notes)) or None
     return outcome
@@ -401,12 +502,12 @@ def _preview(repo: Path, git: _Git, rewrite_repo: Callable[..., RewriteResult], 
              remote: str) -> RepoOutcome:
     name = str(repo)
     try:
-        before = git.out("status", "--porcelain", "-z", "--untracked-files=all")
-        result = rewrite_repo(repo, write=False)
+        before = git.out("status", "--porcelain", "-z", "--ignore-submodules=all", "--untracked-files=all")
+        result = rewrite_repo(Path(os.path.realpath(repo)), write=False)
         written = _written(result, git.path, dry_run=True)
         tracked = git.tracked(rel for rel, _ in written)
         files = [(rel, f) for rel, f in written if rel in tracked]
-        if git.out("status", "--porcelain", "-z", "--untracked-files=all") != before:
+        if git.out("status", "--porcelain", "-z", "--ignore-submodules=all", "--untracked-files=all") != before:
             raise _GitFailed("the dry run changed the working tree (does rewrite_repo honour write=False?)")
     except _GitFailed as exc:
         return RepoOutcome(name, "failed", reason=redact(str(exc)))
@@ -434,8 +535,8 @@ def bulk_rewrite(repos: Sequence[Path], rewrite_repo: Callable[..., RewriteResul
     if shutil.which("git") is None:
         raise BulkError("git is not installed (or not on PATH)")
     env = _git_env()
-    check = subprocess.run(["git", "check-ref-format", "--branch", branch], capture_output=True, text=True,
-                           env=env, stdin=subprocess.DEVNULL)
+    check = subprocess.run(["git", *_safe_config(), "check-ref-format", "--branch", branch], capture_output=True,
+                           text=True, env=env, stdin=subprocess.DEVNULL)
     if check.returncode != 0 or branch.startswith("-"):
         raise BulkError(f"{branch!r} is not a valid branch name")
     if not remote or remote.startswith("-"):
@@ -452,7 +553,8 @@ def summary_table(outcomes: Sequence[RepoOutcome]) -> str:
     for o in outcomes:
         branch = (o.branch or "-") + (" (pushed)" if o.pushed else "")
         reason = " ".join((o.reason or "-").split())
-        rows.append((o.repo, o.status, str(o.files), str(o.images), branch, reason))
+        # names and reasons come from the checkouts and from git: escaped before widths are taken
+        rows.append((printable(o.repo), o.status, str(o.files), str(o.images), printable(branch), printable(reason)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     lines = []
     for row in rows:

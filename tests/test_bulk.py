@@ -12,6 +12,7 @@ import pytest
 from manifests_rewriter.naming import target_for
 from manifests_rewriter.policy import Policy
 from manifests_rewriter.rewrite import RewriteResult, rewrite_paths
+from mirror import bulk
 from mirror.bulk import (
     COMMIT_SUBJECT,
     DEFAULT_BRANCH,
@@ -273,14 +274,12 @@ def test_rewrite_that_raises_leaves_the_repository_as_it_was(tmp_path):
     assert branches(repo) == {"main"}
 
 
-def test_refused_commit_is_undone(tmp_path):
-    repo = make_repo(tmp_path, "hooked")
-    hook = repo / ".git/hooks/pre-commit"
-    hook.write_text("#!/bin/sh\necho 'policy says no' >&2\nexit 1\n")
-    hook.chmod(0o755)
+def test_refused_commit_is_undone(tmp_path, monkeypatch):
+    repo = make_repo(tmp_path, "refused")
+    monkeypatch.setattr(bulk, "commit_message", lambda files: "")  # git refuses an empty message
     before = snapshot(repo)
     [outcome] = bulk_rewrite([repo], rewrite_repo)
-    assert outcome.status == "failed" and "git commit failed: policy says no" in outcome.reason
+    assert outcome.status == "failed" and "git commit failed: Aborting commit due to empty commit message" in outcome.reason
     assert snapshot(repo) == before
     assert branches(repo) == {"main"}
 

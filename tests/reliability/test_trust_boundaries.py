@@ -901,53 +901,83 @@ def _git(repo: Path, *args: str) -> None:
                    env={k: v for k, v in os.environ.items() if not k.startswith("GIT_")})
 
 
-MECHANISMS = ["post-checkout", "pre-commit", "commit-msg", "post-commit", "reference-transaction",
-              "core.hooksPath", "core.fsmonitor", "clean filter"]
+HOOKS = ("post-checkout", "pre-commit", "commit-msg", "post-commit", "reference-transaction", "post-index-change",
+         "pre-push")
+# mechanism -> whether it needs `--push` (push-time ones: a remote the checkout's config names)
+MECHANISMS = {**{hook: hook == "pre-push" for hook in HOOKS},
+              "core.hooksPath": True, "core.fsmonitor": False, "clean filter": False, "smudge filter": False,
+              "gpg.program": False, "credential.helper": True, "core.askPass": True, "core.sshCommand": True,
+              "remote receivepack": True}
 
 
-@issue11("rewrite --git runs the checkout's hooks and config-driven commands")
-@pytest.mark.parametrize("mechanism", MECHANISMS)
-def test_rewrite_git_runs_no_code_from_the_checkout(mechanism: str, tmp_path: Path, figures: Any):
+def _plant(mechanism: str, repo: Path, script: Path, tmp_path: Path, servers: list[HostileServer]) -> None:
+    """What a checkout someone else controls holds: its .git/config and hooks, planted after the
+    commit (as a clone's own config would be). Each runs `script`, which leaves a marker."""
+    bare = tmp_path / "remote.git"
+    _git(tmp_path, "init", "-q", "--bare", str(bare))
+    _git(repo, "remote", "add", "origin", str(bare))  # a plain local remote: a push works
+    if mechanism in HOOKS:
+        hook = repo / ".git" / "hooks" / mechanism
+        hook.write_text(script.read_text())
+        hook.chmod(0o755)
+    elif mechanism == "core.hooksPath":
+        hooks = tmp_path / "elsewhere"
+        hooks.mkdir()
+        for name in HOOKS:
+            (hooks / name).write_text(script.read_text())
+            (hooks / name).chmod(0o755)
+        _git(repo, "config", "core.hooksPath", str(hooks))
+    elif mechanism == "core.fsmonitor":
+        _git(repo, "config", "core.fsmonitor", str(script))
+    elif mechanism == "clean filter":
+        _git(repo, "config", "filter.planted.clean", f"{script}; cat")
+    elif mechanism == "smudge filter":
+        _git(repo, "config", "filter.planted.smudge", f"{script}; cat")
+    elif mechanism == "gpg.program":
+        _git(repo, "config", "commit.gpgSign", "true")
+        _git(repo, "config", "gpg.program", str(script))
+    elif mechanism == "remote receivepack":
+        _git(repo, "config", "remote.origin.receivepack", f"{script}; git-receive-pack")
+    elif mechanism == "core.sshCommand":
+        _git(repo, "remote", "set-url", "origin", "ssh://git@127.0.0.1:9/team/app.git")
+        _git(repo, "config", "core.sshCommand", str(script))
+    else:  # credential.helper, core.askPass: asked when the remote wants a password
+        asks = HostileServer(lambda seen: Reply(401, {"WWW-Authenticate": 'Basic realm="git"'})).start()
+        servers.append(asks)
+        _git(repo, "remote", "set-url", "origin", f"{asks.url}/team/app.git")
+        key = "credential.helper" if mechanism == "credential.helper" else "core.askPass"
+        _git(repo, "config", key, f"!{script}" if key == "credential.helper" else str(script))
+
+
+@pytest.mark.parametrize("mechanism", list(MECHANISMS))
+def test_rewrite_git_runs_no_code_from_the_checkout(mechanism: str, tmp_path: Path, servers: list[HostileServer],
+                                                    figures: Any):
     """Someone else's repository, cloned for a bulk update, plants code in .git/hooks or .git/config;
-    `acr-mirror rewrite --git` must not run it (each mechanism writes a marker file if run)."""
-    repo, markers = tmp_path / "repo", tmp_path / "markers"
+    `acr-mirror rewrite --git [--push]` must not run it (each mechanism writes a marker file if run)."""
+    repo, marker = tmp_path / "repo", tmp_path / "markers" / mechanism.replace(" ", "-")
     repo.mkdir()
-    markers.mkdir()
-    marker = markers / mechanism.replace(" ", "-")
-    script = f"#!/bin/sh\ntouch '{marker}'\ncat >/dev/null 2>&1 <&- || true\nexit 0\n"
+    marker.parent.mkdir()
+    script = tmp_path / "planted.sh"
+    script.write_text(f"#!/bin/sh\ntouch '{marker}'\ncat >/dev/null 2>&1 <&- || true\nexit 0\n")
+    script.chmod(0o755)
     _git(repo, "init", "-q", "-b", "main")
     _git(repo, "config", "user.name", "Repo Owner")
     _git(repo, "config", "user.email", "owner@example.com")
     (repo / "deploy.yaml").write_text(POD.format(image="nginx:1.25"))
-    if mechanism == "clean filter":
+    if mechanism.endswith("filter"):
         (repo / ".gitattributes").write_text("*.yaml filter=planted\n")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "initial")
-    # planted after the commit, as a cloned repository's own config and hooks would be
-    if mechanism in ("core.hooksPath", "core.fsmonitor"):
-        planted = tmp_path / "elsewhere" / "hook"
-        planted.parent.mkdir()
-        for name in ("post-checkout", "pre-commit", "commit-msg", "post-commit", "reference-transaction"):
-            (planted.parent / name).write_text(script)
-            (planted.parent / name).chmod(0o755)
-        planted.write_text(script)
-        planted.chmod(0o755)
-        if mechanism == "core.hooksPath":
-            _git(repo, "config", "core.hooksPath", str(planted.parent))
-        else:
-            _git(repo, "config", "core.fsmonitor", str(planted))
-    elif mechanism == "clean filter":
-        _git(repo, "config", "filter.planted.clean", f"touch '{marker}'; cat")
-    else:
-        hook = repo / ".git" / "hooks" / mechanism
-        hook.write_text(script)
-        hook.chmod(0o755)
+    _plant(mechanism, repo, script, tmp_path, servers)
     config = tmp_path / "config.yaml"
     config.write_text(HOOK_CONFIG)
+    push = ["--push"] if MECHANISMS[mechanism] else []
     figures.record("trust", tried=1)
-    result = run("rewrite", "--git", str(repo), "--no-verify", "--config", str(config))
+    result = run("rewrite", "--git", str(repo), *push, "--no-verify", "--config", str(config))
     assert str(repo) in result.output and "Traceback" not in result.output, "the checkout was not handled"
     assert not marker.exists(), f"the checkout's {mechanism} ran"
+    if mechanism in ("pre-push", "core.hooksPath", "remote receivepack"):  # the push itself still works
+        assert "(pushed)" in result.output, result.output
     figures.record("trust", handled=1)
 
 
