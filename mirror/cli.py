@@ -21,7 +21,7 @@ from manifests_rewriter.errors import EXIT_USAGE, UsageError
 from . import __version__, exits, pipeline, report, terminal
 from .context import ClusterOptions, Context, naming_errors, open_context
 from .engines import ENGINES
-from .plan import Plan, parse_shard
+from .plan import Plan, PlanError, check_plan, parse_shard
 from .resolve import Resolver
 
 
@@ -64,6 +64,20 @@ def _open(config_path: str | None, cluster: ClusterOptions | None = None, *, str
     if strict and problems:
         raise UsageError(f"{problems[0].message}; nothing was written")
     return context
+
+
+def _load_plan(path: str, context: Context, nothing_done: str) -> Plan:
+    """A plan file, held against the configuration in force before anything is done with it:
+    one line per refused entry, then exit 2 (plan.check_plan)."""
+    the_plan = Plan.load(path)
+    config = context.config
+    refused = check_plan(the_plan, path, target_registry=config.target_registry, naming=config.naming,
+                         to_target=context.to_target, policy=context.policy)
+    if refused:
+        terminal.plan_refusals(refused)
+        raise PlanError(f"{path}: {len(refused)} entr{'y does' if len(refused) == 1 else 'ies do'} not match the "
+                        f"configuration; {nothing_done} (make the plan again with acr-mirror plan)")
+    return the_plan
 
 
 def _exit(code: int) -> None:
@@ -140,7 +154,7 @@ def sync(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...
     if plan_path:
         if paths or images:
             raise UsageError("--plan executes the plan as reviewed: give no PATH or --image with it")
-        the_plan, found = Plan.load(plan_path), None
+        the_plan, found = _load_plan(plan_path, context, "nothing was copied"), None
     else:
         planned = pipeline.build_plan(context, paths, images)
         the_plan, found = planned.plan, planned.scan
@@ -222,10 +236,10 @@ def rewrite(paths: tuple[str, ...], config_path: str | None, check: bool, diff: 
         raise UsageError("--cluster never patches a workload to an unverified image: drop --no-verify")
     context = _open(config_path, cluster)
     pins: dict[str, str | None] = {}
-    if plan_path and pin_digests:
-        pins = {e.source: e.digest for e in Plan.load(plan_path).entries if e.digest}
-    elif plan_path:
-        Plan.load(plan_path)  # a plan that cannot be read is an error even when nothing is pinned
+    if plan_path:  # a plan that cannot be read, or does not match the config, is an error even when nothing is pinned
+        the_plan = _load_plan(plan_path, context, "nothing was rewritten")
+        if pin_digests:
+            pins = {e.source: e.digest for e in the_plan.entries if e.digest}
     if not verify:
         terminal.err("warning: --no-verify: references are rewritten by name only, whether or not the image "
                      "is in the target")

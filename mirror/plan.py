@@ -3,20 +3,26 @@
 A plan is a value built before anything is copied. `acr-mirror plan --output` writes it
 as deterministic JSON (sorted, no timestamps) so it can be reviewed and diffed; `sync
 --plan` executes exactly it, optionally one shard of it.
+
+A plan file is input like any other: between review and run it may have been edited. Before
+`sync --plan` or `rewrite --plan` uses one, `check_plan` holds it against the configuration in
+force: its header must name the configured target registry and naming, and every entry's
+target must be what they give for its source, allowed by the policy, its digest a digest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from manifests_rewriter.errors import UsageError
 from manifests_rewriter.model import Finding, Mapping
-from manifests_rewriter.reference import ReferenceError, parse
+from manifests_rewriter.policy import Policy
+from manifests_rewriter.reference import ImageRef, ReferenceError, digest_problem, parse
 
 PLAN_VERSION = 1
 
@@ -96,6 +102,31 @@ class Plan:
             return cls.from_json(Path(path).read_text(encoding="utf-8"), str(path))
         except OSError as exc:
             raise PlanError(f"{path}: cannot read plan: {exc.strerror or exc}") from None
+
+
+def check_plan(plan: Plan, origin: str, *, target_registry: str, naming: str,
+               to_target: Callable[[ImageRef], ImageRef], policy: Policy) -> list[str]:
+    """Hold a plan read from `origin` against the configuration in force. A header for another
+    target registry or naming raises PlanError (exit 2); each entry whose target is not what
+    target.registry and target.naming give for its source, is refused by the policy, or whose
+    digest is not a digest, is one line of the list returned (nothing of the plan may run then)."""
+    if (plan.target_registry, plan.naming) != (target_registry, naming):
+        raise PlanError(f"{origin}: made for target.registry {plan.target_registry!r} and naming {plan.naming!r}, "
+                        f"but the configuration says {target_registry!r} and {naming!r}; make the plan again "
+                        f"(acr-mirror plan) with this configuration")
+    refused = []
+    for i, entry in enumerate(plan.entries):
+        where = f"{origin}: images[{i}] {entry.source}"
+        expected = str(to_target(parse(entry.source)))
+        if str(parse(entry.target)) != expected:
+            refused.append(f"{where}: target {entry.target} is not what target.registry and target.naming give "
+                           f"({expected})")
+        elif not policy.allows(expected):
+            refused.append(f"{where}: target {entry.target} is refused by the policy's imageRegex")
+        problem = digest_problem(entry.digest) if entry.digest is not None else None
+        if problem:
+            refused.append(f"{where}: digest: {problem}")
+    return refused
 
 
 def shard_of(source: str, count: int) -> int:

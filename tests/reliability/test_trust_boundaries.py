@@ -984,30 +984,52 @@ def test_rewrite_git_runs_no_code_from_the_checkout(mechanism: str, tmp_path: Pa
 # --------------------------------------------------------------------------- 12. plans
 
 
-@issue11("sync --plan never checks the plan's targets against the configured registry and naming")
-@pytest.mark.parametrize("tamper", ["another repository of the target", "another registry"])
-def test_tampered_plan_is_refused(tamper: str, empty_target: Any, target_registry: Any, tmp_path: Path,
+TAMPERING = {
+    "another repository of the target": lambda data, victim: data["images"][0].update(target=f"{victim}/victim/app:prod"),
+    "another registry": lambda data, victim: data["images"][0].update(target=f"{victim}/victim/app:prod"),
+    "the header and every target": lambda data, victim: (
+        data["target"].update(registry=victim), data["images"][0].update(target=f"{victim}/victim/app:prod")),
+    "a digest that climbs out": lambda data, victim: data["images"][0].update(digest="../../../victim/app/manifests/prod"),
+}
+
+
+@pytest.mark.parametrize("tamper", list(TAMPERING))
+@pytest.mark.parametrize("command", ["sync", "rewrite"])
+def test_tampered_plan_is_refused(tamper: str, command: str, empty_target: Any, target_registry: Any, tmp_path: Path,
                                   servers: list[HostileServer], figures: Any):
-    """A reviewed plan is edited before `sync --plan` runs it: the target moves to victim/app:prod, or to
-    another registry the run's credentials reach. Nothing may be written there."""
+    """A reviewed plan is edited before `sync --plan` (or `rewrite --plan --pin-digests`) runs it: the target
+    moves to victim/app:prod, or to another registry the run's credentials reach (the header too), or its
+    digest is no digest. Nothing may be written there, nor any file rewritten from it: one line per
+    refused entry, naming the plan, and exit 2."""
     other = target_registry  # a second real registry, known to the config (as a source, say)
     source = FakeRegistry().start()
     servers.append(source)
     source.add_image("app/x", tiny_image("plan"), "1")
     config = write_config(tmp_path / "config.yaml", empty_target.host, {
         source.host: {"insecure": True}, empty_target.host: {"insecure": True}, other.host: {"insecure": True}})
+    manifest = tmp_path / "deploy.yaml"
+    manifest.write_text(POD.format(image=f"{source.host}/app/x:1"))
     plan = tmp_path / "plan.json"
     made = run("plan", "--image", f"{source.host}/app/x:1", "--config", str(config), "--output", str(plan))
     assert made.exit_code == 0, made.output
     data = json.loads(plan.read_text())
     victim_registry = empty_target if tamper == "another repository of the target" else other
-    tampered = f"{victim_registry.host}/victim/app:prod"
-    data["images"][0]["target"] = tampered
+    TAMPERING[tamper](data, victim_registry.host)
     plan.write_text(json.dumps(data, indent=2))
     figures.record("trust", tried=1)
-    result = run("sync", "--plan", str(plan), "--config", str(config))
-    assert "victim/app:prod" not in registry_state(victim_registry.url), f"the tampered plan pushed {tampered}"
-    assert result.exit_code != 0 and str(plan) in result.output, result.output
+    if command == "sync":
+        result = run("sync", "--plan", str(plan), "--config", str(config))
+    else:
+        result = run("rewrite", str(manifest), "--plan", str(plan), "--pin-digests", "--no-verify", "--config", str(config))
+    assert "victim/app:prod" not in registry_state(victim_registry.url), "the tampered plan pushed victim/app:prod"
+    assert registry_state(empty_target.url) == {}, "something was copied from a tampered plan"
+    assert manifest.read_text() == POD.format(image=f"{source.host}/app/x:1"), "a file was rewritten from it"
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    refused = lines(result.stderr, "refused:")
+    if tamper == "the header and every target":
+        assert refused == [] and lines(result.stderr, f"error: {plan}: made for target.registry"), result.stderr
+    else:
+        assert len(refused) == 1 and str(plan) in refused[0] and "images[0]" in refused[0], result.stderr
     figures.record("trust", handled=1)
 
 
