@@ -116,7 +116,7 @@ def scan(context: Context, paths: Sequence[str]) -> ScanResult:
         raise UsageError("nothing to scan: give PATH arguments or --cluster")
     settings = context.config.scan
     result = scan_paths(paths, context.policy, context.to_target, max_bytes=settings.max_file_bytes,
-                        exclude=settings.exclude) if paths else ScanResult()
+                        exclude=settings.exclude, max_nodes=settings.max_file_nodes) if paths else ScanResult()
     if context.cluster.enabled:
         from .cluster.scan import scan_cluster
 
@@ -243,7 +243,7 @@ def rewrite_files(context: Context, paths: Sequence[str], resolver: Resolver, *,
                            exclude=settings.exclude)
         resolver.prefetch((parse(f.image) for f in found.findings if f.target), context.settings.copy.concurrency)
     return rewrite_paths(paths, context.policy, resolver, write=write, max_bytes=settings.max_file_bytes,
-                         exclude=settings.exclude)
+                         exclude=settings.exclude, max_nodes=settings.max_file_nodes)
 
 
 def rewrite_repos(context: Context, resolver: Resolver, repos: Sequence[Path], *, branch: str, push: bool,
@@ -311,7 +311,7 @@ def migrate(context: Context, paths: Sequence[str], *, dry_run: bool = False, en
     # check: what admission would still refuse in the files (after the rewrite), and what runs
     settings = context.config.scan
     remaining = scan_paths(paths, context.policy, context.to_target, max_bytes=settings.max_file_bytes,
-                           exclude=settings.exclude).findings if paths else []
+                           exclude=settings.exclude, max_nodes=settings.max_file_nodes).findings if paths else []
     remaining += [f for f in found.findings if f.file is None]  # live objects change through `rewrite --cluster`
     return MigrationRun(found, plan, copies, rewritten, remaining, dry_run, lock_failures,
                         pacer.figures() if pacer else [], notes)

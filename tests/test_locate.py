@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from unittest import mock
 
 import pytest
 import yaml
@@ -12,6 +13,7 @@ from manifests_rewriter.locate import (
     LocateError,
     YamlError,
     compose_documents,
+    document,
     file_kind,
     locate,
 )
@@ -706,6 +708,20 @@ def test_bombs_and_deep_nesting_fail_fast(text: str) -> None:
         locate(text)
     assert time.perf_counter() - started < 1.0
     assert info.value.line is not None and str(info.value).startswith("line ")
+
+
+def test_files_of_too_many_nodes_are_refused_before_composing() -> None:
+    """scan.max_file_nodes: counted from the events (memory bounded by the text), refused with a line
+    naming the limit and the setting; a file at the limit is read as usual."""
+    pod = "kind: Pod\nspec:\n  containers:\n" + "".join(f"  - {{name: c{i}, image: nginx:1.{i}}}\n" for i in range(100))
+    nodes = 1 + 2 + 2 + 2 + 100 * 5  # root, kind pair, spec key + mapping, containers key + list, 5 per container
+    assert len(locate(pod, max_nodes=nodes)) == 100
+    composed = []
+    compose = mock.patch.object(document.yaml, "compose_all", side_effect=lambda *a, **k: composed.append(1) or iter(()))
+    with compose, pytest.raises(LocateError, match=r"more than 506 YAML nodes, over the limit \(scan.max_file_nodes\)"):
+        locate(pod, max_nodes=nodes - 1)
+    assert composed == [], "composed before it was refused"
+    assert document.node_bound(pod) >= nodes  # the cheap bound sends it to be counted
 
 
 def test_recursive_anchors_terminate() -> None:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from manifests_rewriter import locate as locate_module
 from manifests_rewriter.locate import YamlError, locate
+from manifests_rewriter.locate.document import node_bound
 from manifests_rewriter.reference import ImageRef, try_parse
 from manifests_rewriter.splice import apply_edits, byte_span, edits_for
 
@@ -235,3 +236,25 @@ def test_mutated_manifests_only_raise_yaml_error(case: tuple[str, dict], data: s
         else:
             text = text[:pos] + data.draw(st.sampled_from(list("-:[]{}&*!|>'\"# \n\t\r"))) + text[pos:]
     _locate_or_yaml_error(text)
+
+
+# ----------------------------------------------------------------------------- the node bound
+
+
+def _nodes(text: str) -> int | None:
+    """Nodes the text composes into (aliases reuse theirs), or None when it is not YAML."""
+    try:
+        return sum(isinstance(e, yaml.ScalarEvent | yaml.CollectionStartEvent)
+                   for e in yaml.parse(text, Loader=yaml.CSafeLoader))
+    except yaml.YAMLError:
+        return None
+
+
+@SETTINGS
+@given(st.one_of(YAMLISH, st.text(max_size=200)))
+def test_node_bound_is_an_upper_bound(text: str) -> None:
+    """document.node_bound lets a file skip counting its nodes before it is composed: it must never
+    be below the real count, or a file over scan.max_file_nodes could be composed whole."""
+    nodes = _nodes(text)
+    assume(nodes is not None)
+    assert nodes <= node_bound(text)

@@ -78,7 +78,8 @@ def main(config_path: str | None, check: bool, diff: bool, files: tuple[str, ...
         raise UsageError(f"{errors[0].message}; nothing was written")
     write = not (check or diff)
     result = rewrite_paths(files, policy, to_target, write=write,
-                           max_bytes=config.scan.max_file_bytes, exclude=config.scan.exclude)
+                           max_bytes=config.scan.max_file_bytes, exclude=config.scan.exclude,
+                           max_nodes=config.scan.max_file_nodes)
     for stream, line in rewrite_lines(result, write=write, diff=diff):
         click.echo(line, err=stream == "err", nl=stream == "err")
     if result.errors or (result.changed and (write or check)):

@@ -44,6 +44,7 @@ SectionParser = Callable[[str, Any, list[str]], object]
 class ScanSettings:
     max_file_bytes: int = 16 * 1024 * 1024
     exclude: tuple[str, ...] = ()  # glob patterns (relative paths) not to scan
+    max_file_nodes: int = 500_000  # YAML nodes one file may hold (locate.document.MAX_NODES: bounded memory)
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ _CORE: dict[str, dict[str, type | tuple[type, ...]]] = {
     "target": {"registry": str, "naming": str},
     "policy": {"imageRegex": str, "excludedNamespaces": list, "excludedContainers": list, "namespaces": list,
                "labelSelector": dict},
-    "scan": {"max_file_bytes": int, "exclude": list},
+    "scan": {"max_file_bytes": int, "exclude": list, "max_file_nodes": int},
 }
 
 
@@ -180,6 +181,7 @@ def parse_config(data: Any, path: str = "<config>", *, policy_optional: bool = F
     scan = ScanSettings(
         max_file_bytes=scan_section.get("max_file_bytes", ScanSettings.max_file_bytes),
         exclude=string_list(f"{path}: scan.exclude", scan_section.get("exclude")),
+        max_file_nodes=scan_section.get("max_file_nodes", ScanSettings.max_file_nodes),
     )
     parsed = {name: parse(f"{path}: {name}", data.get(name), warnings) for name, parse in sections.items()}
     return Config(registry, naming, policy, scan, path, tuple(warnings), parsed)

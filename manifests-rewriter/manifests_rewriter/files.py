@@ -46,7 +46,7 @@ _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s'\"<>]+@")
 def redact_url(text: str) -> str:
     """Hide the credentials of every URL in `text`: `https://user:pass@host` -> `https://***@host`.
     For anything that shows an endpoint, a remote URL or an error message quoting one."""
-    return _URL_USERINFO.sub(r"\1***@", text)
+    return _URL_USERINFO.sub(r"\1***@", text) if "@" in text else text  # most text has no '@': skip the regex
 
 
 def printable(text: str) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .files import FileError, SourceFile, WriteError, printable, write_atomic
-from .locate import YamlError, locate
+from .locate import MAX_NODES, LocateError, YamlError, locate
 from .policy import Policy
 from .reference import ImageRef, ReferenceError, parse
 from .scan import read_sources
@@ -72,11 +72,13 @@ class RewriteResult:
         return [f for f in self.files if f.changed]
 
 
-def plan_file(source: SourceFile, policy: Policy, resolve: Resolve, result: RewriteResult) -> FileRewrite | None:
+def plan_file(source: SourceFile, policy: Policy, resolve: Resolve, result: RewriteResult,
+              max_nodes: int = MAX_NODES) -> FileRewrite | None:
     try:
-        fields = locate(source.text, filename=source.display)
+        fields = locate(source.text, filename=source.display, max_nodes=max_nodes)
     except YamlError as exc:
-        result.errors.append(FileError(source.display, f"not valid YAML, left unchanged: {exc}"))
+        what = "" if isinstance(exc, LocateError) else "not valid YAML, "  # a bomb or a huge file is valid YAML
+        result.errors.append(FileError(source.display, f"{what}left unchanged: {exc}"))
         return None
     edits: list[Edit] = []
     changes: list[ImageChange] = []
@@ -112,11 +114,12 @@ def plan_file(source: SourceFile, policy: Policy, resolve: Resolve, result: Rewr
 
 
 def rewrite_paths(paths: Iterable[str], policy: Policy, resolve: Resolve, *, write: bool = True,
-                  max_bytes: int = 16 * 1024 * 1024, exclude: tuple[str, ...] = ()) -> RewriteResult:
+                  max_bytes: int = 16 * 1024 * 1024, exclude: tuple[str, ...] = (),
+                  max_nodes: int = MAX_NODES) -> RewriteResult:
     """Plan every file; with `write`, write the changed ones atomically."""
     result = RewriteResult()
     for source in read_sources(paths, max_bytes, exclude, result.errors):
-        planned = plan_file(source, policy, resolve, result)
+        planned = plan_file(source, policy, resolve, result, max_nodes)
         if planned is None:
             continue
         result.files.append(planned)

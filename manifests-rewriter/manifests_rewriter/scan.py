@@ -19,7 +19,7 @@ from itertools import repeat
 from typing import Any
 
 from .files import FileError, Found, SourceFile, discover, read_source
-from .locate import ImageField, YamlError, locate
+from .locate import MAX_NODES, ImageField, LocateError, YamlError, locate
 from .model import Decision, Finding
 from .policy import Policy, Verdict
 from .reference import ImageRef, ReferenceError, parse
@@ -75,12 +75,13 @@ def _judge(image: str, to_target: ToTarget) -> tuple[str | None, str | None, str
 
 
 def scan_text(text: str, policy: Policy, to_target: ToTarget, *, file: str | None = None,
-              result: ScanResult | None = None) -> ScanResult:
+              result: ScanResult | None = None, max_nodes: int = MAX_NODES) -> ScanResult:
     result = result if result is not None else ScanResult()
     try:
-        fields = locate(text, filename=file or "")
+        fields = locate(text, filename=file or "", max_nodes=max_nodes)
     except YamlError as exc:
-        result.errors.append(FileError(file or "<text>", f"not valid YAML, left unchanged: {exc}"))
+        what = "" if isinstance(exc, LocateError) else "not valid YAML, "  # a bomb or a huge file is valid YAML
+        result.errors.append(FileError(file or "<text>", f"{what}left unchanged: {exc}"))
         return result
     for fld in fields:
         finding = classify(fld, policy, to_target, file)
@@ -111,7 +112,8 @@ PARALLEL_MIN_FILES = 256
 _CHUNK = 64
 
 
-def _scan_files(files: list[Found], policy: Policy, to_target: ToTarget, max_bytes: int) -> ScanResult:
+def _scan_files(files: list[Found], policy: Policy, to_target: ToTarget, max_bytes: int,
+                max_nodes: int = MAX_NODES) -> ScanResult:
     result = ScanResult()
     for item in files:
         source = read_source(item, max_bytes)
@@ -119,7 +121,7 @@ def _scan_files(files: list[Found], policy: Policy, to_target: ToTarget, max_byt
             result.errors.append(source)
             continue
         result.files += 1
-        scan_text(source.text, policy, to_target, file=source.display, result=result)
+        scan_text(source.text, policy, to_target, file=source.display, result=result, max_nodes=max_nodes)
     return result
 
 
@@ -139,7 +141,8 @@ def _parallel_workers(count: int, policy: Policy, to_target: ToTarget) -> int:
 
 
 def scan_paths(paths: Iterable[str], policy: Policy, to_target: ToTarget, *,
-               max_bytes: int = 16 * 1024 * 1024, exclude: tuple[str, ...] = ()) -> ScanResult:
+               max_bytes: int = 16 * 1024 * 1024, exclude: tuple[str, ...] = (),
+               max_nodes: int = MAX_NODES) -> ScanResult:
     """Scan every YAML file under `paths`; a large tree is spread over the machine's cores."""
     result = ScanResult()
     files: list[Found] = []
@@ -150,12 +153,12 @@ def scan_paths(paths: Iterable[str], policy: Policy, to_target: ToTarget, *,
             files.append(item)
     workers = _parallel_workers(len(files), policy, to_target)
     if workers == 1:
-        parts: Iterable[ScanResult] = [_scan_files(files, policy, to_target, max_bytes)]
+        parts: Iterable[ScanResult] = [_scan_files(files, policy, to_target, max_bytes, max_nodes)]
     else:
         chunks = [files[i:i + _CHUNK] for i in range(0, len(files), _CHUNK)]
         context = multiprocessing.get_context("fork")
         pool = ProcessPoolExecutor(workers, mp_context=context)
-        parts = pool.map(_scan_files, chunks, repeat(policy), repeat(to_target), repeat(max_bytes))
+        parts = pool.map(_scan_files, chunks, repeat(policy), repeat(to_target), repeat(max_bytes), repeat(max_nodes))
     try:
         for part in parts:  # in file order, whatever the number of workers
             result.findings.extend(part.findings)

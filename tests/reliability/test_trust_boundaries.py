@@ -862,7 +862,6 @@ def _huge_pod(path: Path, containers: int) -> int:
     return path.stat().st_size
 
 
-@issue11("a 15 MiB manifest with 389k containers takes minutes and 1.5 GB to scan")
 def test_huge_manifest_is_refused_early_in_bounded_memory(tmp_path: Path, figures: Any):
     """Chosen behaviour: refuse the file early with one line naming it and the limit to raise, keep
     scanning the rest, and never hold the whole document's nodes (bounded RSS). A manifest of

@@ -22,7 +22,17 @@ from __future__ import annotations
 from yaml.nodes import MappingNode, SequenceNode
 
 from . import compose, helm, kustomize, manifest
-from .document import RELEVANT, LocateError, Walker, YamlError, bom_offset, compose_documents, make_scalar
+from .document import (
+    MAX_NODES,
+    RELEVANT,
+    LocateError,
+    Walker,
+    YamlError,
+    bom_offset,
+    compose_documents,
+    gc_paused,
+    make_scalar,
+)
 from .fields import ImageField, Insertion, Parts, Scalar
 from .kinds import file_kind
 from .pods import CONTAINER_KEYS
@@ -36,17 +46,23 @@ LOCATORS.update({
 })
 FILE_KINDS = tuple(LOCATORS)
 
-__all__ = ["CONTAINER_KEYS", "FILE_KINDS", "LOCATORS", "ImageField", "Insertion", "LocateError", "Parts", "Scalar",
+__all__ = ["CONTAINER_KEYS", "FILE_KINDS", "LOCATORS", "MAX_NODES", "ImageField", "Insertion", "LocateError", "Parts",
+           "Scalar",
            "YamlError", "compose_documents", "file_kind", "locate", "make_scalar"]
 
 
-def locate(text: str, *, filename: str = "", content: str | None = None) -> list[ImageField]:
+def locate(text: str, *, filename: str = "", content: str | None = None, max_nodes: int = MAX_NODES) -> list[ImageField]:
     """Every image field of the text, in document order. `content` forces the file kind
     (one of FILE_KINDS) instead of guessing it from `filename` and the documents.
 
-    Raises YamlError when the text is not valid YAML, LocateError for bombs or
-    excessive nesting."""
-    documents = compose_documents(text)
+    Raises YamlError when the text is not valid YAML, LocateError for bombs, excessive
+    nesting, or more than `max_nodes` nodes (scan.max_file_nodes)."""
+    with gc_paused():  # linear time on large files (document.py)
+        return _locate(text, filename, content, max_nodes)
+
+
+def _locate(text: str, filename: str, content: str | None, max_nodes: int) -> list[ImageField]:
+    documents = compose_documents(text, max_nodes)
     kind = content or file_kind(filename, documents)
     if kind not in LOCATORS:
         raise ValueError(f"unknown file kind {kind!r}")

@@ -6,8 +6,12 @@ byte around it (splice.py). Composing and walking the node graph is also faster 
 constructing Python objects for whole documents.
 
 Offsets are character offsets into the decoded `str` (a leading BOM included).
-Safety: nesting beyond MAX_DEPTH is refused before composing (libyaml's composer would
-crash), alias re-visits are budgeted (bombs), recursive anchors are detected.
+Safety: nesting beyond MAX_DEPTH and files of more than MAX_NODES nodes are refused before
+composing (libyaml's composer would crash; every composed node costs some 300-400 bytes, so a
+15 MiB file of tiny nodes would take gigabytes), alias re-visits are budgeted (bombs),
+recursive anchors are detected. Composing and walking run with the garbage collector paused
+(`gc_paused`): the node graph is up to millions of container objects that the collector would
+otherwise rescan again and again (superlinear time on large files), and it holds no cycles.
 
 `walk` goes depth-first over one document's collections and hands every mapping to the
 locator's visitors; with `relevant` (manifests) it skips subtrees whose text has nothing
@@ -17,6 +21,8 @@ a path cell is (parent cell, key, node), so JSON pointers cost nothing until rep
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import re
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
@@ -75,6 +81,12 @@ MAX_DEPTH = 1000  # libyaml 0.2.6 (PyYAML 6.0.4 wheels) has the same limit of it
 # bounded by the text; a document without aliases never comes near it.
 BUDGET_BASE = 20_000
 BUDGET_PER_NODE = 50
+# Nodes (scalars, mappings, sequences; aliases reuse theirs) one file may compose into. A composed
+# node costs 300-400 bytes, up to ~700 with what a scan keeps of a node full of containers: 500k
+# nodes stay within ~350 MB. Real manifests run at about 30 bytes a node (the largest in the test
+# corpus, Argo CD's install.yaml: 1.9 MB, 64k nodes). The setting that changes it is scan.max_file_nodes.
+MAX_NODES = 500_000
+NODE_LIMIT_SETTING = "scan.max_file_nodes"
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
 NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
@@ -123,41 +135,78 @@ def _error_from(exc: yaml.YAMLError, text: str) -> YamlError:
     return YamlError(str(exc).strip() or exc.__class__.__name__)
 
 
-def check_nesting(text: str) -> None:
-    """Refuse text nested deeper than MAX_DEPTH before composing it (see MAX_DEPTH).
-
-    A cheap upper bound first. Flow nesting needs a bracket per level. A block
-    collection starts at the end of its line's indentation-and-indicators prefix
-    (spaces, `- `, `? `, `: `), and only a sequence directly under a mapping key may
-    share its parent's column, so block depth <= 2 * (longest such prefix + 1). Only
-    text that might exceed the limit is parsed (events, no recursion) to measure."""
+def _may_nest_too_deep(text: str) -> bool:
+    """A cheap upper bound on nesting. Flow nesting needs a bracket per level. A block
+    collection starts at the end of its line's indentation-and-indicators prefix (spaces,
+    `- `, `? `, `: `), and only a sequence directly under a mapping key may share its
+    parent's column, so block depth <= 2 * (longest such prefix + 1)."""
     if len(text) <= MAX_DEPTH:
-        return
+        return False
     room = MAX_DEPTH - text.count("[") - text.count("{")
     if room >= 4:
         lines = LINE_BREAK.sub("\n", text) if _ODD_BREAK.search(text) else text  # `^` knows only \n
         if not re.search(rf"^[ \t?:-]{{{room // 2 - 1},}}", lines, re.MULTILINE):
-            return
-    depth = 0
+            return False
+    return True
+
+
+def node_bound(text: str) -> int:
+    """An upper bound on the nodes the text composes into, from characters alone: a node after
+    the first needs an indicator (`:` `,` `-` `?` `[` `{`) or a line break before it, and one
+    of those starts at most two (a key and its value, a flow mapping and its first key)."""
+    return 2 * (sum(map(text.count, ":,-?[{")) + sum(map(text.count, "\n\r\x85\u2028\u2029"))) + 2
+
+
+def _may_have_too_many_nodes(text: str, max_nodes: int) -> bool:
+    return 2 * len(text) + 2 > max_nodes and node_bound(text) > max_nodes  # a node takes half a character at least
+
+
+def check_limits(text: str, max_nodes: int = MAX_NODES) -> None:
+    """Refuse text nested deeper than MAX_DEPTH, or composing into more than `max_nodes`
+    nodes, before composing it. Cheap upper bounds first; only text that might exceed a
+    limit is parsed to measure (events, one at a time: memory bounded by the text)."""
+    deep = _may_nest_too_deep(text)
+    if not (deep or _may_have_too_many_nodes(text, max_nodes)):
+        return
+    depth = nodes = 0
     try:
         for event in yaml.parse(text, Loader=_Loader):
             if isinstance(event, yaml.CollectionStartEvent):
                 depth += 1
+                nodes += 1
                 if depth > MAX_DEPTH:
                     line = event.start_mark.line + 1 if event.start_mark is not None else None
                     raise LocateError(f"nested more than {MAX_DEPTH} levels deep; refused", line)
             elif isinstance(event, yaml.CollectionEndEvent):
                 depth -= 1
+            elif isinstance(event, yaml.ScalarEvent):
+                nodes += 1
+            if nodes > max_nodes:
+                raise LocateError(f"more than {max_nodes:,} YAML nodes, over the limit ({NODE_LIMIT_SETTING}) that "
+                                  f"keeps memory bounded; refused")
     except yaml.YAMLError as exc:
         raise _error_from(exc, text) from None
 
 
-def compose_documents(text: str) -> list[Node]:
-    """All documents of the stream as node graphs (an empty document is a null scalar,
-    so indexes match yaml.safe_load_all). Raises YamlError / LocateError."""
-    check_nesting(text)
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for a while (see the module docstring); nests."""
+    collecting = gc.isenabled()
+    gc.disable()
     try:
-        return list(yaml.compose_all(text, Loader=_Loader))
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def compose_documents(text: str, max_nodes: int = MAX_NODES) -> list[Node]:
+    """All documents of the stream as node graphs (an empty document is a null scalar,
+    so indexes match yaml.safe_load_all). Raises YamlError / LocateError (check_limits)."""
+    check_limits(text, max_nodes)
+    try:
+        with gc_paused():
+            return list(yaml.compose_all(text, Loader=_Loader))
     except yaml.YAMLError as exc:
         raise _error_from(exc, text) from None
     except RecursionError:  # the pure-Python composer recurses in Python
