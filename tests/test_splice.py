@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from manifests_rewriter.files import Tree, WriteError, write_atomic
+from manifests_rewriter.files import FileError, Found, Tree, WriteError, discover, read_source, write_atomic
 from manifests_rewriter.locate import ImageField, locate
 from manifests_rewriter.reference import ImageRef, parse
 from manifests_rewriter.splice import (
@@ -426,6 +426,19 @@ def test_write_atomic_from_a_tree_never_passes_a_swapped_directory(tmp_path: Pat
     with pytest.raises(WriteError, match="outside the tree"):
         write_atomic(outside / "pod.yaml", b"evil\n", expected=b"old\n", tree=Tree.at(tmp_path / "tree-moved"))
     assert (outside / "pod.yaml").read_bytes() == b"old\n"
+
+
+def test_a_file_replaced_by_a_link_after_the_walk_is_not_read(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tmp_path / "secret.yaml").write_text("password: hunter2\n")
+    (tree / "app.yaml").write_text("a: 1\n")
+    [found] = discover([tree])
+    assert isinstance(found, Found) and found.tree == Tree.at(tree)
+    (tree / "app.yaml").unlink()
+    (tree / "app.yaml").symlink_to(tmp_path / "secret.yaml")
+    error = read_source(found, 1 << 20)
+    assert isinstance(error, FileError) and "replaced by a symbolic link" in error.message
 
 
 def test_end_to_end_file_rewrite_is_byte_exact(tmp_path: Path) -> None:

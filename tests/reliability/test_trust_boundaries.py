@@ -680,6 +680,44 @@ def test_directory_swapped_for_a_link_mid_run_is_not_written_through(
     figures.record("trust", handled=1)
 
 
+@pytest.mark.parametrize("named", ["a link to a file inside the repository", "a path through a directory link out of it"])
+def test_the_hooks_named_files_stay_inside_their_repository(named: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           figures: Any):
+    """The pre-commit hook names files relative to the repository root. A link to a file inside the
+    repository is still followed (its target rewritten, the link kept); a path that passes through a
+    directory link leading out of the repository is reported and its target left alone."""
+    from manifests_rewriter.cli import main as hook
+
+    repo, outside = tmp_path / "repo", tmp_path / "outside"
+    (repo / ".git").mkdir(parents=True)  # the repository top, as the hook runs there
+    outside.mkdir()
+    pod = POD.format(image="nginx:1.25")
+    inside = named.startswith("a link to a file inside")
+    if inside:
+        (repo / "base").mkdir()
+        (repo / "base" / "app.yaml").write_text(pod)
+        (repo / "k8s").mkdir()
+        (repo / "k8s" / "app.yaml").symlink_to("../base/app.yaml")
+        target = repo / "base" / "app.yaml"
+    else:
+        (outside / "app.yaml").write_text(pod)
+        (repo / "k8s").symlink_to(outside, target_is_directory=True)
+        target = outside / "app.yaml"
+    config = tmp_path / "config.yaml"
+    config.write_text(HOOK_CONFIG)
+    monkeypatch.chdir(repo)
+    figures.record("trust", tried=1)
+    result = CliRunner().invoke(hook, ["--config", str(config), "k8s/app.yaml"])
+    print(result.output)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    if inside:
+        assert "crazureblue.azurecr.io/" in target.read_text() and (repo / "k8s" / "app.yaml").is_symlink()
+    else:
+        assert target.read_text() == pod, f"{target} was rewritten through the link {repo / 'k8s'}"
+        assert lines(result.output, "error: k8s/app.yaml: symbolic link to"), result.output
+    figures.record("trust", handled=1)
+
+
 # --------------------------------------------------------------------------- 9. remote text on the terminal
 
 
