@@ -186,7 +186,7 @@ def cache_rules(paths: tuple[str, ...], config_path: str | None, images: tuple[s
     if plan_path:
         if paths or images:
             raise UsageError("--plan covers the plan as reviewed: give no PATH or --image with it")
-        the_plan, found = Plan.load(plan_path), None
+        the_plan, found = _load_plan(plan_path, context, "no rule was created"), None
     else:
         planned = pipeline.build_plan(context, paths, images)
         the_plan, found = planned.plan, planned.scan

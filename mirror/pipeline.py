@@ -240,7 +240,7 @@ def rewrite_files(context: Context, paths: Sequence[str], resolver: Resolver, *,
     settings = context.config.scan
     if resolver.verifies:  # verify every refused image at once, not one round trip after another
         found = scan_paths(paths, context.policy, context.to_target, max_bytes=settings.max_file_bytes,
-                           exclude=settings.exclude)
+                           exclude=settings.exclude, max_nodes=settings.max_file_nodes)
         resolver.prefetch((parse(f.image) for f in found.findings if f.target), context.settings.copy.concurrency)
     return rewrite_paths(paths, context.policy, resolver, write=write, max_bytes=settings.max_file_bytes,
                          exclude=settings.exclude, max_nodes=settings.max_file_nodes)
@@ -306,8 +306,8 @@ def migrate(context: Context, paths: Sequence[str], *, dry_run: bool = False, en
             only=[e.source for e in plan.entries])
         resolver.prefetch((parse(e.source) for e in plan.entries), context.settings.copy.concurrency)
         rewritten = rewrite_paths(paths, context.policy, resolver, write=not dry_run,
-                                  max_bytes=context.config.scan.max_file_bytes,
-                                  exclude=context.config.scan.exclude) if paths else None
+                                  max_bytes=context.config.scan.max_file_bytes, exclude=context.config.scan.exclude,
+                                  max_nodes=context.config.scan.max_file_nodes) if paths else None
     # check: what admission would still refuse in the files (after the rewrite), and what runs
     settings = context.config.scan
     remaining = scan_paths(paths, context.policy, context.to_target, max_bytes=settings.max_file_bytes,
