@@ -176,9 +176,10 @@ def discover(paths: Iterable[str | Path], exclude: tuple[str, ...] = ()) -> Iter
             yield named
             continue
         tree = Tree.at(named.path)
+        skip = len(os.path.join(str(root), ""))  # entry paths are root + separator + relative path
         for entry in _entries(str(root)):
             is_yaml = entry.name.endswith(YAML_SUFFIXES)
-            relative = os.path.relpath(entry.path, root)
+            relative = entry.path[skip:]
             if exclude and _excluded(relative, exclude):
                 continue
             if entry.is_symlink():
@@ -188,7 +189,7 @@ def discover(paths: Iterable[str | Path], exclude: tuple[str, ...] = ()) -> Iter
                     if problem:
                         yield FileError(entry.path, problem)
             elif is_yaml:
-                yield Found(tree.path / relative, entry.path, tree)
+                yield Found(Path(f"{tree.path}{os.sep}{relative}"), entry.path, tree)
 
 
 def read_source(found: Found, max_bytes: int) -> SourceFile | FileError:

@@ -21,7 +21,6 @@ a path cell is (parent cell, key, node), so JSON pointers cost nothing until rep
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import re
 from bisect import bisect_left
@@ -188,15 +187,16 @@ def check_limits(text: str, max_nodes: int = MAX_NODES) -> None:
         raise _error_from(exc, text) from None
 
 
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector off for a while (see the module docstring); nests."""
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if collecting:
+class gc_paused:  # noqa: N801 - used like a function: `with gc_paused():`
+    """The cyclic garbage collector off for a while (see the module docstring); nests. A class,
+    not a generator: it runs for every file scanned."""
+
+    def __enter__(self) -> None:
+        self.collecting = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.collecting:
             gc.enable()
 
 
