@@ -15,8 +15,9 @@ from typing import Any
 
 import click
 
-from manifests_rewriter.cli import guarded
+from manifests_rewriter.cli import EXIT_CODES_HELP, guarded, require_paths
 from manifests_rewriter.errors import EXIT_USAGE, UsageError
+from manifests_rewriter.policy import quoted
 
 from . import __version__, exits, pipeline, report, terminal
 from .context import ClusterOptions, Context, naming_errors, open_context
@@ -52,7 +53,8 @@ engine_option = click.option("--engine", type=click.Choice(list(ENGINES)), help=
 
 
 def _open(config_path: str | None, cluster: ClusterOptions | None = None, *, strict: bool = True) -> Context:
-    """The context, its notes printed; with `strict`, a naming the regex refuses stops here."""
+    """The context, its notes printed; with `strict` (every command but `policy lint`, which
+    reports it), a naming the regex refuses is a usage error and stops here."""
     context = open_context(config_path, cluster, progress=terminal.ProgressPrinter())
     terminal.setup(context, strict=strict)
     problems = naming_errors(context.policy, context.config)
@@ -61,18 +63,23 @@ def _open(config_path: str | None, cluster: ClusterOptions | None = None, *, str
     return context
 
 
+def _command(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A subcommand whose --help ends with the exit codes."""
+    return main.command(epilog=EXIT_CODES_HELP)(func)
+
+
 def _exit(code: int) -> None:
     if code:
         sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="acr-mirror")
 def main() -> None:
     """Mirror container images into your registry and rewrite every reference to them."""
 
 
-@main.command()
+@_command
 @click.argument("paths", nargs=-1, type=click.Path())
 @cluster_options
 @config_option
@@ -80,7 +87,8 @@ def main() -> None:
 @guarded
 def scan(paths: tuple[str, ...], config_path: str | None, fmt: str, **kwargs: Any) -> None:
     """Find image references the policy would refuse. Exit 1 if there are any."""
-    context = _open(config_path, _cluster(kwargs), strict=False)
+    require_paths(paths)
+    context = _open(config_path, _cluster(kwargs))
     result = pipeline.scan(context, paths)
     if fmt == "json":
         click.echo(report.scan_json(result))
@@ -91,7 +99,7 @@ def scan(paths: tuple[str, ...], config_path: str | None, fmt: str, **kwargs: An
     _exit(exits.exit_code(result))
 
 
-@main.command()
+@_command
 @click.argument("paths", nargs=-1, type=click.Path())
 @cluster_options
 @config_option
@@ -103,6 +111,7 @@ def scan(paths: tuple[str, ...], config_path: str | None, fmt: str, **kwargs: An
 def plan(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...], fmt: str, output: str | None,
          resolve: bool, **kwargs: Any) -> None:
     """Write the deterministic plan: source, digest, target, platforms, where found."""
+    require_paths(paths)
     context = _open(config_path, _cluster(kwargs))
     run = pipeline.build_plan(context, paths, images, resolve=resolve)
     text = run.plan.to_json()
@@ -112,7 +121,7 @@ def plan(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...
     _exit(exits.exit_code(run))
 
 
-@main.command()
+@_command
 @click.argument("paths", nargs=-1, type=click.Path())
 @cluster_options
 @config_option
@@ -128,6 +137,7 @@ def sync(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...
          shard: str | None, engine: str | None, dry_run: bool, report_path: str | None, fail_fast: bool,
          **kwargs: Any) -> None:
     """Copy every refused image (or the plan's) into the target registry."""
+    require_paths(paths)
     context = _open(config_path, _cluster(kwargs))
     if plan_path:
         if paths or images:
@@ -145,7 +155,7 @@ def sync(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...
     _exit(exits.exit_code(run))
 
 
-@main.command()
+@_command
 @click.argument("paths", nargs=-1, type=click.Path())
 @config_option
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if a file would change.")
@@ -171,11 +181,16 @@ def rewrite(paths: tuple[str, ...], config_path: str | None, check: bool, diff: 
     """Rewrite refused image references in PATHs (in place), in git checkouts (--git, one branch
     and commit each), or with --cluster in live workloads."""
     cluster = _cluster(kwargs)
+    require_paths([*paths, *git_repos])
     repos = [Path(r) for r in git_repos]
     if git_list:
         from .bulk import read_repo_list
 
-        repos += read_repo_list(git_list)
+        try:
+            repos += read_repo_list(git_list)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a UTF-8 text file"
+            raise UsageError(f"--git-list {git_list}: cannot read it: {reason}") from None
     if repos and (paths or check or diff):
         raise UsageError("--git rewrites whole checkouts: give no PATH, --check or --diff with it")
     if not paths and not cluster.enabled and not repos:
@@ -211,7 +226,7 @@ def rewrite(paths: tuple[str, ...], config_path: str | None, check: bool, diff: 
     _exit(exits.exit_code(run))
 
 
-@main.command()
+@_command
 @click.argument("paths", nargs=-1, type=click.Path())
 @cluster_options
 @config_option
@@ -222,6 +237,7 @@ def rewrite(paths: tuple[str, ...], config_path: str | None, check: bool, diff: 
 def migrate(paths: tuple[str, ...], config_path: str | None, dry_run: bool, report_path: str | None,
             engine: str | None, **kwargs: Any) -> None:
     """sync, verify, rewrite, then check that nothing left would be refused."""
+    require_paths(paths)
     context = _open(config_path, _cluster(kwargs))
     run = pipeline.migrate(context, paths, dry_run=dry_run, engine=engine)
     terminal.errors(run.scan)
@@ -231,12 +247,12 @@ def migrate(paths: tuple[str, ...], config_path: str | None, dry_run: bool, repo
     _exit(exits.exit_code(run))
 
 
-@main.group()
+@main.group(epilog=EXIT_CODES_HELP)
 def policy() -> None:
     """Inspect the allow policy."""
 
 
-@policy.command("lint")
+@policy.command("lint", epilog=EXIT_CODES_HELP)
 @config_option
 @cluster_options
 @guarded
@@ -244,11 +260,11 @@ def policy_lint(config_path: str | None, **kwargs: Any) -> None:
     """Weak regexes, and target names the regex would refuse (an error)."""
     context = _open(config_path, _cluster(kwargs), strict=False)
     if not context.lint:
-        click.echo(f"policy ok: imageRegex {context.policy.image_regex} ({context.policy.origin})")
+        click.echo(f"policy ok: imageRegex {quoted(context.policy.image_regex)} ({context.policy.origin})")
     _exit(EXIT_USAGE if any(p.level == "error" for p in context.lint) else 0)
 
 
-@main.command()
+@_command
 @click.option("--cluster", is_flag=True, required=True, help="Audit the cluster (required).")
 @click.option("--kubeconfig", type=click.Path(dir_okay=False))
 @click.option("--context")
@@ -265,7 +281,7 @@ def audit(cluster: bool, kubeconfig: str | None, context: str | None, fmt: str) 
     else:
         for item in items:
             click.echo(str(item))
-        terminal.err(f"{len(items)} refusals or stuck workloads.")
+        terminal.err(f"{terminal.plural(len(items), 'refusal or stuck workload', 'refusals or stuck workloads')}.")
     _exit(1 if items else 0)
 
 

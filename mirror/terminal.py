@@ -75,18 +75,18 @@ def finding_line(f: Finding) -> str:
 def scan_table(result: ScanResult) -> None:
     screen = console()
     if result.findings:
-        screen.print(f"{len(result.findings)} image references the policy would refuse:", style="bold")
+        screen.print(f"{plural(len(result.findings), 'image reference')} the policy would refuse:", style="bold")
         for f in result.findings:
             screen.print("  " + finding_line(f), markup=False)
     if result.warnings:
-        screen.print(f"{len(result.warnings)} images outside pod specs (refused later, when an operator creates "
-                     f"the pod):", style="bold")
+        screen.print(f"{plural(len(result.warnings), 'image')} outside pod specs (refused later, when an operator "
+                     f"creates the pod):", style="bold")
         for w in result.warnings:
             screen.print(printable(f"  {w.location()}: {w.image}: {w.reason}"), markup=False)
     for error in result.errors:
         screen.print(f"error: {error}", markup=False, style="red")
-    screen.print(f"{result.files} files scanned: {len(result.findings)} findings, "
-                 f"{len(result.warnings)} warnings, {len(result.errors)} errors.")
+    screen.print(f"{plural(result.files, 'file')} scanned: {plural(len(result.findings), 'finding')}, "
+                 f"{plural(len(result.warnings), 'warning')}, {plural(len(result.errors), 'error')}.")
 
 
 def errors(result: ScanResult) -> None:
@@ -99,7 +99,7 @@ def plan_run(run: PlanRun, *, fmt: str, output: str | None, text: str) -> None:
     for warning in run.warnings:
         err(f"warning: {warning}")
     if output:
-        err(f"wrote {output}: {len(run.plan.entries)} images")
+        err(f"wrote {output}: {plural(len(run.plan.entries), 'image')}")
     if fmt == "json" and not output:
         click.echo(text, nl=False)
     elif fmt == "table":
@@ -116,7 +116,7 @@ def copies_summary(copies: list[CopyResult]) -> None:
         counts[r.status] = counts.get(r.status, 0) + 1
     moved = sum(r.bytes_moved or 0 for r in copies)
     parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    err(f"{len(copies)} images: {parts or 'nothing to do'}; {human_size(moved)} moved.")
+    err(f"{plural(len(copies), 'image')}: {parts or 'nothing to do'}; {human_size(moved)} moved.")
     for r in copies:  # registry messages are remote text: escaped
         if r.status == "failed":
             err(f"failed: {r.source} -> {r.target}: {r.error}")
@@ -158,7 +158,7 @@ def rewrite_run(run: RewriteRun) -> None:
         for outcome in run.cluster.results:
             err(str(outcome))
         mode = "patched" if run.cluster.applied else "server-side dry run (add --apply to patch)"
-        err(f"{len(run.cluster.results)} workloads: {mode}.")
+        err(f"{plural(len(run.cluster.results), 'workload')}: {mode}.")
 
 
 # -- migrate -------------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def migration(run: MigrationRun) -> None:
     for r in run.copies:
         if r.status == "failed":
             err(f"failed: {r.source} -> {r.target}: {r.error}")
-    err(f"check: {len(run.remaining)} references would still be refused"
+    err(f"check: {plural(len(run.remaining), 'reference')} would still be refused"
         + ("" if run.remaining else " - ready to enforce"))
     for failure in run.lock_failures:
         err(f"failed: {failure}")
@@ -190,8 +190,9 @@ class ProgressPrinter:
 
     def __call__(self, event: str, info: Mapping[str, Any], /) -> None:
         if event == "scanned":
-            self._print(f"scan: {info['findings']} refused references, {info['images']} distinct images, "
-                        f"{info['warnings']} warnings, {info['errors']} unreadable files")
+            self._print(f"scan: {plural(info['findings'], 'refused reference')}, "
+                        f"{plural(info['images'], 'distinct image')}, {plural(info['warnings'], 'warning')}, "
+                        f"{plural(info['errors'], 'unreadable file')}")
         elif event == "done":
             status = str(info.get("status", ""))
             # not "status:" - the final summary owns the one "failed: ..." line per image

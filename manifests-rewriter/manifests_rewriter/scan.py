@@ -21,7 +21,7 @@ from pathlib import Path
 from .files import FileError, SourceFile, discover, read_source
 from .locate import ImageField, YamlError, locate
 from .model import Finding
-from .policy import Policy
+from .policy import Policy, quoted
 from .reference import ImageRef, ReferenceError, parse
 
 ToTarget = Callable[[ImageRef], ImageRef]
@@ -58,7 +58,7 @@ def classify(fld: ImageField, policy: Policy, to_target: ToTarget, file: str | N
 @functools.lru_cache(maxsize=4096)  # a tree repeats the same few images many times
 def _judge(image: str, regex: str, to_target: ToTarget) -> tuple[str, str | None, str | None]:
     """Why an image is refused, where it would go, and the digest it pins."""
-    reason = f"does not match imageRegex {regex!r}"
+    reason = f"does not match imageRegex {quoted(regex)}"
     try:
         ref = parse(image)
         return reason, str(to_target(ref)), ref.digest

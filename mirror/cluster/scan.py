@@ -34,7 +34,7 @@ from typing import Any
 
 from manifests_rewriter.files import FileError
 from manifests_rewriter.model import Finding
-from manifests_rewriter.policy import Policy
+from manifests_rewriter.policy import Policy, quoted
 from manifests_rewriter.reference import ImageRef, ReferenceError, parse
 
 from .kube import ApiError, api_instance, paged, status_message
@@ -288,7 +288,7 @@ class _Scanner:
 
     def findings(self) -> None:
         policy = self.policy
-        base_reason = f"does not match imageRegex {policy.image_regex!r} ({policy.origin})"
+        base_reason = f"does not match imageRegex {quoted(policy.image_regex)} ({policy.origin})"
         by_image: dict[str, dict[str, list[str]]] = {}
         for (kind, namespace, name, container, image), entry in self.entries.items():
             digest = None
