@@ -4,9 +4,11 @@ written, plurals, and one exit-code table that every command applies the same wa
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from click.testing import CliRunner, Result
 from manifests_rewriter import cli as hook_cli
 from mirror import cli
 
+ROOT = Path(__file__).resolve().parents[1]
 TARGET = "crazureblue.azurecr.io"
 REGEX = r"^crazureblue\.azurecr\.io/.+$"
 CONFIG = f"""\
@@ -275,3 +278,43 @@ def test_help_points_to_the_exit_code_table(args: list[str]) -> None:
     assert result.exit_code == 0
     assert 'Exit codes: 0 ok; 1 something to fix or that failed; 2 usage or configuration error; 123 internal ' \
            'error. The table: README.md, "Exit codes".' in " ".join(result.stdout.split())
+
+
+def test_readme_exit_code_table_is_the_one_in_the_code() -> None:
+    from manifests_rewriter import errors
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("### Exit codes", 1)[1].split("\n\n|", 1)[1].split("\n\n", 1)[0]
+    codes = [int(row.split("|")[1]) for row in table.splitlines()[2:]]  # after the header and its rule
+    assert codes == [errors.EXIT_OK, errors.EXIT_FAILED, errors.EXIT_USAGE, errors.EXIT_INTERNAL,
+                     errors.EXIT_INTERRUPTED]
+
+
+# -- the README's first steps --------------------------------------------------------------------
+
+
+@needs_git
+def test_readme_pre_commit_snippet_pins_a_commit(tmp_path: Path) -> None:
+    """The README's .pre-commit-config.yaml, then its `pre-commit autoupdate --freeze`: rev becomes
+    the SHA of this repository's head (no release tag here), which pre-commit can check out."""
+    if git(ROOT, "rev-parse", "--is-inside-work-tree").stdout.strip() != "true":
+        pytest.skip("not a git checkout")
+    readme = (ROOT / "README.md").read_text()
+    snippet = readme.split("# .pre-commit-config.yaml\n", 1)[1].split("```", 1)[0]
+    url = yaml.safe_load(snippet)["repos"][0]["repo"]
+    command = readme.split("```sh\npre-commit autoupdate", 1)[1].split("\n", 1)[0]
+    assert command == f" --freeze --repo {url}"
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    local = ROOT.as_uri()
+    (repo / ".pre-commit-config.yaml").write_text(snippet.replace(url, local))
+    env = {"PRE_COMMIT_HOME": str(tmp_path / "cache"), "PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "pre_commit", "autoupdate", "--freeze", "--repo", local],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [entry] = yaml.safe_load((repo / ".pre-commit-config.yaml").read_text())["repos"]
+    head = git(ROOT, "rev-parse", "HEAD").stdout.strip()
+    tags = git(ROOT, "tag", "--points-at", "HEAD").stdout.split()
+    assert entry["rev"] == head or tags, entry  # a tagged head is pinned to the tag's commit, frozen
+    assert entry["hooks"] == [{"id": "manifests-rewriter"}]
