@@ -3,6 +3,7 @@ written, plurals, and one exit-code table that every command applies the same wa
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -182,10 +183,13 @@ def test_terminal_lines_count_in_the_singular(monkeypatch: pytest.MonkeyPatch) -
     lines: list[str] = []
     monkeypatch.setattr(terminal, "err", lines.append)
     terminal.copies_summary([CopyResult("a", "b", status="copied", bytes_moved=1)])
-    printer = terminal.ProgressPrinter(is_terminal=False)
-    monkeypatch.setattr(printer, "_print", lambda line, style=None: lines.append(line))
-    printer("scanned", {"findings": 1, "images": 1, "warnings": 1, "errors": 1})
-    text = "\n".join(lines)
+    stream = io.StringIO()
+    progress = terminal.PlainProgress(stream)
+    progress("scanned", {"findings": 1, "images": 1, "warnings": 1, "errors": 1})
+    progress("images", {"count": 1})
+    progress("done", {"source": "a", "target": "b", "status": "copied"})
+    progress.close()
+    text = "\n".join(lines) + stream.getvalue()
     assert "1 image: 1 copied; 1 B moved." in text
     assert "scan: 1 refused reference, 1 distinct image, 1 warning, 1 unreadable file" in text
     assert _singular_problems(text) == [], text
