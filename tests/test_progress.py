@@ -283,3 +283,68 @@ def test_sync_progress_modes(source_registry: Any, target_registry: Any, tmp_pat
     assert result.stderr.count(finished) == (0 if mode == "none" else 1)
     assert re.search(r"\n?1 image: 1 copied; 51\d\.\d KiB moved\.\n$", result.stderr)  # the summary comes last
     assert result.stdout == ""  # data only on stdout
+
+
+# -- the registry engine, for real -----------------------------------------------------------------
+
+
+@pytest.fixture
+def proxies() -> Any:
+    """Fault proxies in front of registries (tests/test_registry_client.Proxy); stopped at teardown."""
+    from tests.test_registry_client import Proxy
+
+    started: list[Any] = []
+
+    def make(upstream: str, rule: Any = None) -> Any:
+        started.append(Proxy(upstream, rule).start())
+        return started[-1]
+
+    yield make
+    for proxy in started:
+        proxy.stop()
+
+
+@pytest.mark.registry
+@pytest.mark.xfail(strict=True, reason="emissions the lead adds in mirror/registry/* and engines/registry.py "
+                                       "(see the contact report): size, transfer/bytes, blob with source, waiting")
+def test_registry_engine_feeds_the_display(source_registry: Any, target_registry: Any, tmp_path: Path,
+                                           proxies: Any) -> None:
+    """A real copy through a source that answers 429 once: the display's counts equal the result's."""
+    from mirror.engines.registry import RegistryEngine
+    from mirror.settings import CopySettings, RegistrySettings
+    from tests.support.images import build_image, push
+
+    image = build_image(tmp_path / "img", layers=[3 * MiB + 123, 700 * 1024], seed="feeds")
+    push(image, source_registry, "team/feeds", "1")
+    refused = {"once": True}
+
+    def busy_once(proxy: Any, method: str, path: str, headers: dict[str, str]) -> Any:
+        if refused["once"] and method == "GET" and "/blobs/" in path:
+            refused["once"] = False
+            return 429, {"Retry-After": "0"}, b'{"errors": [{"code": "TOOMANYREQUESTS", "message": "slow down"}]}'
+        return None
+
+    proxy = proxies(source_registry.host, busy_once)
+    settings = MirrorSettings(registries={proxy.host: RegistrySettings(insecure=True),
+                                          target_registry.host: RegistrySettings(insecure=True)},
+                              copy=CopySettings(retries=2))
+    display = terminal.ProgressDisplay(Clock())
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    def both(event: str, info: Any) -> None:
+        events.append((event, dict(info)))
+        display(event, info)
+
+    m = Mapping(parse(f"{proxy.host}/team/feeds:1"), parse(f"{target_registry.host}/mirror/feeds:1"))
+    with RegistryEngine(settings, progress=both) as engine:
+        [result] = engine.copy_all([m])
+    assert result.status == "copied", result.error
+    of = {name: [i for e, i in events if e == name] for name in {e for e, _ in events}}
+    blob_bytes = image.total_bytes - len(image.manifest)  # config and layers
+    assert sum(e["bytes"] for e in of["size"]) == blob_bytes
+    assert sum(e["n"] for e in of["bytes"]) == result.bytes_moved  # after the retry, every byte once
+    assert len(of["bytes"]) <= result.bytes_moved // BYTES_EVERY + 2 * len(of["transfer"])
+    assert all(e.get("source") == str(m.source) for e in of["blob"])
+    assert [(e["host"], e["cause"]) for e in of["waiting"]] == [(proxy.host, "429")]
+    view = display.view()
+    assert view.finished == {"copied": 1} and view.moved == result.bytes_moved and view.in_flight == []
