@@ -258,6 +258,11 @@ def test_docker_stream_progress_becomes_transfer_and_bytes() -> None:
                                       "size": total}]
     assert len(engine.of("bytes")) == total // BYTES_EVERY
     assert sum(e["n"] for e in engine.of("bytes")) == total
+    # a daemon that reports one step, then "complete": the whole layer moved
+    layer.update("bbbbbbbbbbbb", "Downloading", {"current": 3679, "total": 16556})
+    layer.update("bbbbbbbbbbbb", "Download complete", {})
+    assert engine.of("bytes")[-1] == {"source": "docker.io/library/nginx:1.27", "digest": "pull bbbbbbbbbbbb",
+                                      "n": 16556}
 
 
 # -- the command line ----------------------------------------------------------------------------

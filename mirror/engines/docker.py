@@ -154,6 +154,7 @@ class _LayerBytes:
         self.emit, self.action, self.source = engine._emit, action, source
         self.reported: dict[str, int] = {}  # layer -> bytes reported so far
         self.current: dict[str, int] = {}
+        self.total: dict[str, int] = {}
 
     def update(self, layer: str, status: str, detail: Any) -> None:
         key = f"{self.action} {layer}"  # the daemon names layers, not digests
@@ -161,13 +162,15 @@ class _LayerBytes:
             current = detail["current"]
             if layer not in self.reported or current < self.reported[layer]:  # new, or restarted by the daemon
                 total = detail.get("total")
-                self.emit("transfer", {"source": self.source, "digest": key,
-                                       "size": total if isinstance(total, int) and total > 0 else None})
+                self.total[layer] = total if isinstance(total, int) and total > 0 else 0
+                self.emit("transfer", {"source": self.source, "digest": key, "size": self.total[layer] or None})
                 self.reported[layer] = 0
             self.current[layer] = current
             if current - self.reported[layer] >= BYTES_EVERY:
                 self._report(layer, key)
         elif status == self.MOVED[self.action] and layer in self.current:
+            # the daemon reports progress in steps: a finished layer moved all of its bytes
+            self.current[layer] = max(self.current[layer], self.total[layer])
             self._report(layer, key)
 
     def _report(self, layer: str, key: str) -> None:
