@@ -33,9 +33,13 @@ def cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--context", help="Kubeconfig context."),
         click.option("--namespace", help="Only this namespace (default: all)."),
         click.option("--policy-from-cluster", is_flag=True,
-                     help="Read imageRegex and exclusions from the cluster's Gatekeeper constraint."),
+                     help="Read the policy from the cluster's Gatekeeper constraints (and Gatekeeper's Config)."),
         click.option("--policy-file", type=click.Path(dir_okay=False),
-                     help="Read the policy from an Azure Policy assignment exported as JSON."),
+                     help="Read the policy from Azure Policy assignments, initiatives and exemptions exported as "
+                          "JSON (az policy assignment show/list, az policy exemption list)."),
+        click.option("--policy-from-azure", metavar="SCOPE",
+                     help="Read the assignments in force at a subscription, resource group or cluster resource id "
+                          "from Azure Resource Manager (with their initiatives and exemptions)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -44,7 +48,8 @@ def cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _cluster(kwargs: dict[str, Any]) -> ClusterOptions:
     return ClusterOptions(kwargs.pop("cluster"), kwargs.pop("kubeconfig"), kwargs.pop("context"),
-                          kwargs.pop("namespace"), kwargs.pop("policy_from_cluster"), kwargs.pop("policy_file"))
+                          kwargs.pop("namespace"), kwargs.pop("policy_from_cluster"), kwargs.pop("policy_file"),
+                          kwargs.pop("policy_from_azure"))
 
 
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False),
@@ -230,6 +235,7 @@ def rewrite(paths: tuple[str, ...], config_path: str | None, check: bool, diff: 
                 run.repos = pipeline.rewrite_repos(context, resolver, repos, branch=branch, push=push, remote=remote)
             if cluster.enabled:
                 run.cluster = pipeline.patch_cluster(context, resolver, apply=apply_patches_, force=force)
+            run.unverified = resolver.unverified
         finally:
             if engine is not None:
                 engine.close()

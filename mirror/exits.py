@@ -46,7 +46,7 @@ def _(run: SyncRun) -> int:
 
 @exit_code.register
 def _(run: RewriteRun) -> int:
-    failed = False
+    failed = bool(run.unverified)  # a reference left as it was because it could not be verified
     if run.files is not None:
         failed = failed or bool(run.files.errors or (run.check and run.files.changed))
     if run.repos is not None:

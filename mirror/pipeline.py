@@ -9,6 +9,7 @@ mirror.engines; what may be rewritten is decided by mirror.resolve.Resolver.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -72,6 +73,7 @@ class RewriteRun:
     write: bool = True
     check: bool = False
     diff: bool = False
+    unverified: dict[str, str] = field(default_factory=dict)  # source -> why it could not be rewritten
 
 
 @dataclass
@@ -125,10 +127,13 @@ def build_plan(context: Context, paths: Sequence[str], images: Sequence[str] = (
     run = PlanRun(plan, found)
     if resolve and plan.entries:
         with create_engine(DEFAULT_ENGINE, context.settings) as engine:  # reads the source registries only
-            for entry in plan.entries:
-                status = engine.status(entry.mapping())
+            workers = max(1, min(context.settings.copy.concurrency, len(plan.entries)))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="resolve") as pool:
+                statuses = list(pool.map(lambda e: engine.status(e.mapping()), plan.entries))
+            for entry, status in zip(plan.entries, statuses, strict=True):
                 if status.error:
-                    run.warnings.append(f"{entry.source}: {status.error}")
+                    run.warnings.append(f"{entry.source}: {status.error} (planned without a digest; check the "
+                                        f"registry settings, or plan with --no-resolve)")
                 if status.digest and not entry.digest:
                     entry.digest = status.digest
                 elif status.digest and entry.digest != status.digest and not parse(entry.source).digest:
@@ -181,6 +186,10 @@ def lock_mirrored(context: Context, copies: Sequence[CopyResult]) -> list[str]:
 
 def rewrite_files(context: Context, paths: Sequence[str], resolver: Resolver, *, write: bool) -> RewriteResult:
     settings = context.config.scan
+    if resolver.verifies:  # verify every refused image at once, not one round trip after another
+        found = scan_paths(paths, context.policy, context.to_target, max_bytes=settings.max_file_bytes,
+                           exclude=settings.exclude)
+        resolver.prefetch((parse(f.image) for f in found.findings if f.target), context.settings.copy.concurrency)
     return rewrite_paths(paths, context.policy, resolver, write=write, max_bytes=settings.max_file_bytes,
                          exclude=settings.exclude)
 
@@ -241,7 +250,10 @@ def migrate(context: Context, paths: Sequence[str], *, dry_run: bool = False, en
             refused={e.source: r.error or r.status for e, r in zip(plan.entries, copies, strict=True)
                      if r.status not in done},
             only=[e.source for e in plan.entries])
-        rewritten = rewrite_files(context, paths, resolver, write=not dry_run) if paths else None
+        resolver.prefetch((parse(e.source) for e in plan.entries), context.settings.copy.concurrency)
+        rewritten = rewrite_paths(paths, context.policy, resolver, write=not dry_run,
+                                  max_bytes=context.config.scan.max_file_bytes,
+                                  exclude=context.config.scan.exclude) if paths else None
     # check: what admission would still refuse in the files (after the rewrite), and what runs
     settings = context.config.scan
     remaining = scan_paths(paths, context.policy, context.to_target, max_bytes=settings.max_file_bytes,

@@ -12,13 +12,15 @@ holding the source's image (`Engine.verify`), in the form the engine's copies al
 - `verify` False: nothing is looked at (`--no-verify`, dry runs); with no engine either, the
   naming decides alone.
 
-Answers are cached per source reference: one verification per image per run.
+Answers are cached per source reference: one verification per image per run; `prefetch`
+verifies many references at once (the registries' round trips overlap).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 from manifests_rewriter.errors import AcrMirrorError
 from manifests_rewriter.model import Mapping as ImageMapping
@@ -54,6 +56,13 @@ class Resolver:
                 self._answers[key] = answer
         return answer
 
+    def prefetch(self, refs: Iterable[ImageRef], workers: int = 8) -> None:
+        """Decide many references concurrently, so a later call answers from the cache."""
+        todo = {str(r): r for r in refs}
+        if self.verifies and len(todo) > 1:
+            with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo))), thread_name_prefix="verify") as pool:
+                list(pool.map(self, todo.values()))
+
     @property
     def unverified(self) -> dict[str, str]:
         """Sources that could not be rewritten, and why (after the calls made so far)."""
@@ -83,5 +92,6 @@ class Resolver:
             if self.engine.verify(mapping, digest):
                 return None
         except AcrMirrorError as exc:
-            return f"cannot verify {mapping.target}: {exc}"
-        return f"{mapping.target} is not in the target registry with the source's digest"
+            return (f"cannot verify {mapping.target}: {exc} (fix the registry settings, or rewrite by name only "
+                    f"with --no-verify)")
+        return f"{mapping.target} is not in the target registry with the source's digest (run acr-mirror sync first)"

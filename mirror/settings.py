@@ -1,4 +1,4 @@
-"""The configuration sections acr-mirror owns: `registries`, `copy`, `docker`.
+"""The configuration sections acr-mirror owns: `registries`, `copy`, `docker`, `azure`.
 
 The offline core (manifests_rewriter.config) parses `target`, `policy` and `scan`; it calls
 the parsers in SECTIONS for the rest. A new section is a dataclass, a parser and one line in
@@ -54,13 +54,37 @@ class DockerSettings:
     allow_digest_change: bool = False  # rewrite digest-pinned references by tag after a docker-engine copy
 
 
+# Azure clouds by the names `az cloud list` uses -> azure.core.AzureClouds members.
+AZURE_CLOUDS = {"AzurePublicCloud": "AZURE_PUBLIC_CLOUD", "AzureChinaCloud": "AZURE_CHINA_CLOUD",
+                "AzureUSGovernment": "AZURE_US_GOVERNMENT"}
+
+
+@dataclass(frozen=True)
+class AzureSettings:
+    """How acr-mirror reaches Azure Resource Manager (ARM) and Entra ID, for every Azure feature
+    (reading policy assignments with --policy-from-azure; ACR imports and cache rules).
+
+    `cloud` picks ARM's endpoint, its token audience and the Entra ID login host together
+    (azure-core's AzureClouds). `arm_endpoint` replaces the endpoint for anything else (Azure
+    Stack Hub, a private ARM, a test double); its audience is `arm_scope`, by default the endpoint
+    + "/.default"; `ca_file` is a CA bundle to trust for it. HTTPS only: azure-core sends no
+    bearer token over plain HTTP. Credentials: DefaultAzureCredential (environment, workload
+    identity, managed identity, az login), against the cloud's login host."""
+
+    cloud: str = "AzurePublicCloud"  # AzurePublicCloud | AzureChinaCloud | AzureUSGovernment
+    arm_endpoint: str | None = None
+    arm_scope: str | None = None
+    ca_file: str | None = None
+
+
 @dataclass(frozen=True)
 class MirrorSettings:
-    """What the registry side needs: per-host settings, how to copy, which Docker engine."""
+    """What the registry side needs: per-host settings, how to copy, which Docker engine; and Azure."""
 
     registries: Mapping[str, RegistrySettings] = field(default_factory=dict)
     copy: CopySettings = field(default_factory=CopySettings)
     docker: DockerSettings = field(default_factory=DockerSettings)
+    azure: AzureSettings = field(default_factory=AzureSettings)
 
     def registry(self, host: str) -> RegistrySettings:
         return self.registries.get(host, RegistrySettings())
@@ -78,6 +102,7 @@ _COPY_KEYS: dict[str, type | tuple[type, ...]] = {
 _DOCKER_KEYS: dict[str, type | tuple[type, ...]] = {
     "host": str, "tls_verify": bool, "cert_path": str, "allow_digest_change": bool,
 }
+_AZURE_KEYS: dict[str, type | tuple[type, ...]] = {"cloud": str, "arm_endpoint": str, "arm_scope": str, "ca_file": str}
 
 
 def parse_registries(where: str, data: Any, warnings: list[str]) -> dict[str, RegistrySettings]:
@@ -121,11 +146,25 @@ def parse_docker(where: str, data: Any, warnings: list[str]) -> DockerSettings:
     return DockerSettings(**check_section(where, data, _DOCKER_KEYS))
 
 
+def parse_azure(where: str, data: Any, warnings: list[str]) -> AzureSettings:
+    section = check_section(where, data, _AZURE_KEYS)
+    cloud = section.get("cloud") or "AzurePublicCloud"
+    if cloud not in AZURE_CLOUDS:
+        raise ConfigError(f"{where}.cloud must be one of {', '.join(AZURE_CLOUDS)}, not {cloud!r}")
+    endpoint = section.get("arm_endpoint")
+    if endpoint is not None and not endpoint.startswith("https://"):
+        raise ConfigError(f"{where}.arm_endpoint must be an https:// URL (Azure sends no token over plain HTTP)")
+    if section.get("arm_scope") and not endpoint:
+        raise ConfigError(f"{where}.arm_scope needs arm_endpoint (a cloud brings its own audience)")
+    return AzureSettings(**{**section, "cloud": cloud})
+
+
 # The sections acr-mirror owns: one line each.
 SECTIONS: dict[str, SectionParser] = {
     "registries": parse_registries,
     "copy": parse_copy,
     "docker": parse_docker,
+    "azure": parse_azure,
 }
 
 
@@ -137,4 +176,5 @@ def settings_of(config: Config) -> MirrorSettings:
         value = sections.get(name)
         return default if value is None else value
 
-    return MirrorSettings(get("registries", {}), get("copy", CopySettings()), get("docker", DockerSettings()))
+    return MirrorSettings(get("registries", {}), get("copy", CopySettings()), get("docker", DockerSettings()),
+                          get("azure", AzureSettings()))

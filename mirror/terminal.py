@@ -73,9 +73,10 @@ def setup(context: Context, *, strict: bool = True) -> None:
 
 
 def finding_line(f: Finding) -> str:
-    """One grep-friendly line: where: image -> target (workload, container)."""
+    """One grep-friendly line: where: image -> target (workload, container; which assignment
+    and parameter decided, and 'would be reported, not refused' unless its effect is Deny)."""
     workload = "/".join(x for x in (f.kind, f.namespace, f.name) if x)
-    context = ", ".join(x for x in (workload, f.container and f"container {f.container}") if x)
+    context = ", ".join(x for x in (workload, f.container and f"container {f.container}", f.decided_by()) if x)
     target = f" -> {f.target}" if f.target else f" ({f.reason})"
     return printable(f"{f.location()}: {f.image}{target}" + (f"  [{context}]" if context else ""))
 
@@ -125,11 +126,18 @@ def copies_summary(copies: list[CopyResult]) -> None:
     moved = sum(r.bytes_moved or 0 for r in copies)
     parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     err(f"{plural(len(copies), 'image')}: {parts or 'nothing to do'}; {human_size(moved)} moved.")
-    for r in copies:  # registry messages are remote text: escaped
+    failed: dict[str, list[CopyResult]] = {}
+    for r in copies:  # registry messages are remote text: escaped (err)
         if r.status == "failed":
-            err(f"failed: {r.source} -> {r.target}: {r.error}")
+            failed.setdefault(r.error or "failed", []).append(r)
         elif r.note:
             err(f"note: {r.source}: {r.note}")
+    for error, same in failed.items():  # a host that cannot be reached is one line, not one per image
+        if len(same) == 1:
+            err(f"failed: {same[0].source} -> {same[0].target}: {error}")
+        else:
+            names = ", ".join(r.source for r in same[:3]) + (f" and {len(same) - 3} more" if len(same) > 3 else "")
+            err(f"failed: {len(same)} images ({names}): {error}")
 
 
 def sync_run(run: SyncRun) -> None:

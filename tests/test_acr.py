@@ -302,9 +302,14 @@ class Clock:
 # -- the exchange --------------------------------------------------------------------------------
 
 
+def at(server: AcrServer, **settings: Any) -> RegistrySettings:
+    """The settings of a host served by `server`: plain HTTP must be marked insecure."""
+    return RegistrySettings(endpoint=server.url, insecure=server.url.startswith("http://"), **settings)
+
+
 def exchange_for(server: AcrServer, settings: RegistrySettings | None = None, credential: Any = None,
                  clock: Any = time.time) -> AcrExchange:
-    settings = settings or RegistrySettings(endpoint=server.url)
+    settings = settings or at(server)
     return AcrExchange(HOST, EntraIdTokenProvider(credential or StaticCredential(server.aad_token)),
                        Transport(HOST, settings), tenant=settings.tenant, clock=clock)
 
@@ -313,7 +318,8 @@ def entra_client(server: AcrServer, settings: RegistrySettings | None = None, cr
                  host: str = HOST) -> RegistryClient:
     creds = Credentials("entra", entra_id=EntraIdTokenProvider(credential or StaticCredential(server.aad_token)),
                         tenant=(settings or RegistrySettings()).tenant)
-    return RegistryClient(host, settings or RegistrySettings(endpoint=server.url), credentials=creds, retries=0)
+    return RegistryClient(host, settings or at(server), credentials=creds, retries=0,
+                          settings_for=lambda _host: RegistrySettings(insecure=True))  # loopback token hosts
 
 
 def realm_of(server: AcrServer) -> str:
@@ -349,7 +355,7 @@ def test_client_exchanges_once_at_the_challenge_realm_on_another_port(server: Ac
     registry = AcrServer(service="registry-service-name")
     try:
         registry.realm = realm_of(server)
-        client = entra_client(server, RegistrySettings(endpoint=registry.url))
+        client = entra_client(server, at(registry))
         client.ping()
         scopes = ("repository:library/nginx:pull",)
         assert client.auth.authorization(scopes) == "Bearer " + sorted(server.access_tokens)[0]
@@ -373,14 +379,14 @@ def test_realm_on_another_host_is_not_followed(server: AcrServer, caplog: pytest
 
 
 def test_no_realm_exchanges_at_the_endpoint(server: AcrServer) -> None:
-    exchange = exchange_for(server, RegistrySettings(endpoint=server.url + "/"))
+    exchange = exchange_for(server, RegistrySettings(endpoint=server.url + "/", insecure=True))
     assert exchange.refresh_token(server.url + "/", None, None) == server.issued[0]
     assert exchange.exchange_url == f"{server.url}/oauth2/exchange"
     assert server.find("/oauth2/exchange")[0]["form"]["service"] == HOST
 
 
 def test_tenant_setting_is_sent(server: AcrServer) -> None:
-    exchange_for(server, RegistrySettings(endpoint=server.url, tenant="contoso-tenant")).refresh_token(
+    exchange_for(server, at(server, tenant="contoso-tenant")).refresh_token(
         server.url, realm_of(server), HOST)
     assert server.find("/oauth2/exchange")[0]["form"]["tenant"] == "contoso-tenant"
 
@@ -445,19 +451,19 @@ def test_invalidate_forces_a_new_exchange(server: AcrServer) -> None:
 def test_credentials_for_azurecr_are_entra_id_and_one_client_exchanges_once(server: AcrServer,
                                                                             tmp_path: Path) -> None:
     credential = StaticCredential(server.aad_token)
-    settings = RegistrySettings(endpoint=server.url)
+    settings = at(server)
     env = {"HOME": str(tmp_path)}
     creds = credentials_for(HOST, settings, env=env, entra_id=lambda: EntraIdTokenProvider(credential))
     assert creds.kind == "entra-id" and creds.basic is None
     assert creds.source == "Entra ID (StaticCredential)"
-    client = RegistryClient(HOST, settings, credentials=creds)
+    client = RegistryClient(HOST, settings, credentials=creds, settings_for=lambda _host: RegistrySettings(insecure=True))
     client.ping()
     for n in range(5):
         client.auth.authorization((f"repository:r{n}:pull",))
     assert server.count("/oauth2/exchange") == 1 and server.count("/oauth2/token") == 5
     client.close()
     # auth: azure on a host that is not *.azurecr.io (a custom domain in front of ACR)
-    custom = credentials_for("registry.contoso.com", RegistrySettings(endpoint=server.url, auth="azure"),
+    custom = credentials_for("registry.contoso.com", at(server, auth="azure"),
                              env=env, entra_id=lambda: EntraIdTokenProvider(credential))
     assert custom.kind == "entra-id"
 
@@ -578,7 +584,7 @@ def test_lock_plain_http_only_when_insecure(server: AcrServer) -> None:
     result = lock_image(HOST, "library/nginx", DIGEST, credential,
                         settings=RegistrySettings(endpoint=server.url, insecure=True))
     assert result.can_delete is False
-    with pytest.raises(LockError, match="plain HTTP but registries.crmirror.azurecr.io.insecure is not set"):
+    with pytest.raises(LockError, match="plain HTTP is used only for a host marked insecure; set registries.crmirror.azurecr.io.insecure"):
         lock_image(HOST, "library/nginx", DIGEST, credential, settings=RegistrySettings(endpoint=server.url))
 
 
@@ -639,7 +645,8 @@ def test_exchanged_token_opens_a_real_registry(acr_registry: Any, tmp_path: Path
     settings = RegistrySettings(endpoint=registry.url, insecure=True, auth="azure")
     creds = credentials_for(registry.host, settings, env={"HOME": str(tmp_path)},
                             entra_id=lambda: EntraIdTokenProvider(credential))
-    client = RegistryClient(registry.host, settings, credentials=creds)
+    client = RegistryClient(registry.host, settings, credentials=creds,
+                            settings_for=lambda _host: RegistrySettings(insecure=True))  # the plain-HTTP realm
     repo = client.repo("e2e/app", push=True)
     for _ in range(5):
         with pytest.raises(RegistryError) as absent:  # authorized, and empty

@@ -21,6 +21,7 @@ OWNERS = {
     "urllib3": {"mirror.cluster.kube"},
     "azure.identity": {"mirror.azure.identity"},
     "azure.containerregistry": {"mirror.azure.acr_lock"},
+    "azure.mgmt.resource.policy": {"mirror.azure.policy"},
     "tenacity": {"mirror.retry"},
     "rich": {"mirror.terminal"},
     "click": {"mirror.cli", "mirror.terminal", "manifests_rewriter.cli"},
@@ -124,3 +125,15 @@ def test_the_pipeline_imports_no_click_and_loads_no_heavy_library() -> None:
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'docker', 'kubernetes', 'azure'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert out.strip() == "[]"
+
+
+def test_version_and_a_one_file_scan_load_no_registry_kubernetes_docker_or_azure_library(tmp_path: Path) -> None:
+    (tmp_path / "pod.yaml").write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n"
+                                       "  containers:\n  - {name: a, image: nginx:1}\n")
+    (tmp_path / "c.yaml").write_text("target: {registry: x.azurecr.io}\npolicy: {imageRegex: '^x\\\\.azurecr\\\\.io/'}\n")
+    heavy = ("httpx", "kubernetes", "docker", "azure", "tenacity")
+    for args in (["--version"], ["scan", str(tmp_path / "pod.yaml"), "--config", str(tmp_path / "c.yaml")]):
+        code = (f"import sys\nfrom mirror.cli import main\ntry:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+                f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT).stdout
+        assert out.strip().splitlines()[-1] == "[]", (args, out)

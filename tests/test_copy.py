@@ -175,7 +175,7 @@ def test_authenticated_and_tls_registries(basic_registry, token_registry, tls_re
     }
     registries = {
         basic_registry.host: RegistrySettings(insecure=True),
-        token_registry.host: RegistrySettings(insecure=True),
+        **{host: RegistrySettings(insecure=True) for host in token_registry.hosts},  # the realm too
         tls_registry.host: RegistrySettings(ca_file=str(tls_registry.ca_file)),
     }
     cfg = MirrorSettings(registries=registries)
@@ -204,9 +204,9 @@ def test_insecure_applies_to_the_named_host_only(source_registry, target_registr
 
 
 def test_endpoint_redirection_keeps_image_names(source_registry, target_registry, seeded):
-    registries = {
-        "registry.example.test": RegistrySettings(endpoint=source_registry.url),
-        "mirror.example.test": RegistrySettings(endpoint=target_registry.url),
+    registries = {  # plain-HTTP endpoints: allowed only where the host is marked insecure
+        "registry.example.test": RegistrySettings(endpoint=source_registry.url, insecure=True),
+        "mirror.example.test": RegistrySettings(endpoint=target_registry.url, insecure=True),
     }
     cfg = MirrorSettings(registries=registries)
     m = Mapping(parse("registry.example.test/library/busybox:1.36"), parse("mirror.example.test/hub/busybox:1.36"))

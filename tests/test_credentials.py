@@ -137,13 +137,26 @@ def test_incomplete_config_pair_is_an_error(lab: Lab) -> None:
 
 def test_env_variables_are_named_after_the_host(lab: Lab) -> None:
     assert env_prefix("crazureblue.azurecr.io") == "ACR_MIRROR_CRAZUREBLUE_AZURECR_IO_"
-    assert env_prefix("127.0.0.1:5000") == "ACR_MIRROR_127_0_0_1_5000_"
-    lab.env.update({"ACR_MIRROR_127_0_0_1_5000_USERNAME": "envuser", "ACR_MIRROR_127_0_0_1_5000_PASSWORD": "envpw"})
+    assert env_prefix("127.0.0.1:5000") == "ACR_MIRROR_127_0_0_1___5000_"
+    assert env_prefix("my-reg.example.com") == "ACR_MIRROR_MY__REG_EXAMPLE_COM_"
+    assert env_prefix("[::1]:5000") is None  # cannot be named: reads no variables
+    lab.env.update({"ACR_MIRROR_127_0_0_1___5000_USERNAME": "envuser", "ACR_MIRROR_127_0_0_1___5000_PASSWORD": "envpw"})
     lab.docker_config({"auths": {"127.0.0.1:5000": {"auth": b64("dockeruser:dockerpw")}}})
     creds = lab.resolve("127.0.0.1:5000")
     assert (creds.source, creds.basic) == ("env", BasicCredential("envuser", "envpw"))
     # another host does not see them
     assert lab.resolve("127.0.0.1:5001").anonymous
+
+
+def test_env_naming_is_injective_on_host_names(lab: Lab) -> None:
+    """Look-alike hosts get different variables; the old, ambiguous name is refused with the new one."""
+    hosts = ["crazureblue.azurecr.io", "crazureblue-azurecr.io", "crazureblue.azurecr-io", "crazure-blue.azurecr.io",
+             "crazure.blue.azurecr.io", "xn--p1ai.example", "x.n.p1ai.example", "reg.example:5000",
+             "reg.example.5000", "reg-example:5000", "a-b-c.io", "a-b.c.io", "a.b-c.io", "a--b.io"]
+    assert len({env_prefix(h) for h in hosts}) == len(hosts)
+    lab.env.update({"ACR_MIRROR_CRAZUREBLUE_AZURECR_IO_USERNAME": "ci", "ACR_MIRROR_CRAZUREBLUE_AZURECR_IO_PASSWORD": "pw"})
+    assert lab.resolve("crazureblue.azurecr.io").basic == BasicCredential("ci", "pw")
+    assert lab.resolve("crazureblue-azurecr.io").anonymous  # the look-alike never gets the real password
 
 
 def test_half_an_env_pair_is_an_error(lab: Lab) -> None:

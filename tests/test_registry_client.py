@@ -161,6 +161,11 @@ def plain(**kw: Any) -> RegistrySettings:
     return RegistrySettings(insecure=True, **kw)
 
 
+def loopback(_host: str) -> RegistrySettings:
+    """Every other host a test client reaches (token servers on other ports) is plain HTTP on loopback."""
+    return plain()
+
+
 def no_sleep(_: float) -> None:
     pass
 
@@ -256,6 +261,9 @@ class FakeTransport:
     @contextmanager
     def slot(self) -> Iterator[None]:
         yield
+
+    def may_carry_credentials(self, url: str) -> bool:
+        return url.startswith("https://")
 
     def send(self, method: str, url: str, operation: str, *, data: Any = None, params: Any = None,
              authorization: str | None = None, **_: Any) -> httpx.Response:
@@ -406,7 +414,7 @@ def test_token_auth_caches_tokens_per_scope(token_registry, tmp_path):
     push(image, token_registry, "tok/app", "1")
     server = token_registry.token_server
     creds = Credentials("test", BasicCredential(token_registry.username, token_registry.password))
-    client = RegistryClient(token_registry.host, plain(), credentials=creds)
+    client = RegistryClient(token_registry.host, plain(), credentials=creds, settings_for=loopback)
     before = server.requests["/token"]
     repo = client.repo("tok/app")
     for _ in range(3):
@@ -428,7 +436,8 @@ def test_acr_refresh_token_flow(acr_registry, tmp_path):
     image = build_image(tmp_path, layers=[2048], seed="acr")
     push(image, acr_registry, "acr/app", "1")
     entra = EntraIdTokenProvider(static_credential(acr_registry.aad_token))
-    client = RegistryClient(acr_registry.host, plain(), credentials=Credentials("entra", entra_id=entra))
+    client = RegistryClient(acr_registry.host, plain(), credentials=Credentials("entra", entra_id=entra),
+                            settings_for=loopback)
     assert client.repo("acr/app").get_manifest("1").raw == image.manifest
     posts = [r for r in acr_registry.token_server.log if r.method == "POST" and r.path.startswith("/oauth2/token")]
     assert posts and posts[-1].status == 200
@@ -463,7 +472,9 @@ def test_plain_http_only_when_the_host_is_insecure(source_registry):
     relaxed = RegistryClient(source_registry.host, RegistrySettings(insecure=True))
     relaxed.ping()
     assert relaxed.base_url == f"http://{source_registry.host}"
-    routed = RegistryClient("registry.example.test", RegistrySettings(endpoint=source_registry.url))
+    with pytest.raises(RegistryError, match="plain HTTP is used only for a host marked insecure"):
+        RegistryClient("registry.example.test", RegistrySettings(endpoint=source_registry.url)).ping()
+    routed = RegistryClient("registry.example.test", RegistrySettings(endpoint=source_registry.url, insecure=True))
     routed.ping()
     assert routed.base_url == source_registry.url  # the endpoint says http: no https attempt
     for client in (strict, relaxed, routed):

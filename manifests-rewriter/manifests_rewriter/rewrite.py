@@ -104,7 +104,7 @@ def plan_file(source: SourceFile, policy: Policy, resolve: Resolve, result: Rewr
     edits: list[Edit] = []
     changes: list[ImageChange] = []
     for fld in fields:
-        if fld.source == "hint" or not policy.refuses(fld.value, namespace=fld.namespace, container=fld.container):
+        if fld.source == "hint" or not policy.decide_field(fld).finding:
             continue
         try:
             ref = parse(fld.value)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from manifests_rewriter.errors import AcrMirrorError
 from manifests_rewriter.reference import is_digest
 
-from ..registry.errors import CredentialError
+from ..registry.errors import CredentialError, RegistryError
 from ..registry.transport import base_urls
 from ..settings import RegistrySettings
 from .identity import ACR_AUDIENCE, default_credential
@@ -62,8 +62,11 @@ def lock_image(
     from azure.core.exceptions import AzureError, HttpResponseError
 
     settings = settings or RegistrySettings()
-    endpoint = base_urls(host, settings)[0]
     what = f"locking {host}/{repository}@{digest_or_tag} against overwrite"
+    try:
+        endpoint = base_urls(host, settings)[0]
+    except RegistryError as exc:  # a plain-HTTP endpoint without insecure: true
+        raise LockError(f"{what}: {exc.cause}") from None
     if credential is None:
         credential = default_credential()
     client_options: dict[str, Any] = {"connection_timeout": timeout, "read_timeout": timeout}
@@ -72,9 +75,7 @@ def lock_image(
     elif settings.insecure:
         client_options["connection_verify"] = False
     call_options: dict[str, Any] = {}
-    if endpoint.startswith("http://"):
-        if not settings.insecure:
-            raise LockError(f"{what}: endpoint {endpoint} is plain HTTP but registries.{host}.insecure is not set")
+    if endpoint.startswith("http://"):  # base_urls allowed it: the host is marked insecure
         call_options["enforce_https"] = False
     try:
         with ContainerRegistryClient(endpoint, credential, audience=ACR_AUDIENCE, **client_options) as client:

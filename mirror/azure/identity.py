@@ -20,12 +20,22 @@ ACR_AUDIENCE = ACR_SCOPE.removesuffix("/.default")
 
 _lock = threading.Lock()
 _default: TokenCredential | None = None
+_by_cloud: dict[str, TokenCredential] = {}
+# Entra ID login hosts of the sovereign clouds (azure.identity.AzureAuthorityHosts members).
+_AUTHORITIES = {"AzureChinaCloud": "AZURE_CHINA", "AzureUSGovernment": "AZURE_GOVERNMENT"}
 
 
-def default_credential() -> TokenCredential:
-    """One `DefaultAzureCredential` per process."""
+def default_credential(cloud: str | None = None) -> TokenCredential:
+    """One `DefaultAzureCredential` per process (per cloud: a sovereign cloud has its own login host)."""
     global _default
     with _lock:
+        if cloud in _AUTHORITIES:
+            if cloud not in _by_cloud:
+                from azure.identity import AzureAuthorityHosts, DefaultAzureCredential
+
+                authority = getattr(AzureAuthorityHosts, _AUTHORITIES[cloud])
+                _by_cloud[cloud] = DefaultAzureCredential(authority=authority)
+            return _by_cloud[cloud]
         if _default is None:
             from azure.identity import DefaultAzureCredential
 

@@ -22,16 +22,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from collections.abc import Mapping as AbcMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from manifests_rewriter.errors import AcrMirrorError
 from manifests_rewriter.model import Mapping
 from manifests_rewriter.reference import ImageRef
 
-from ..registry.client import RegistryClient
 from ..registry.credentials import Keychain, default_keychain
-from ..registry.errors import RegistryError
 from ..settings import MirrorSettings
+
+if TYPE_CHECKING:  # the HTTP stack loads when an engine first talks to a registry, not at start-up
+    from ..registry.client import RegistryClient
 
 # A stream reports the bytes it moved at most once per this many bytes (and once at its end).
 BYTES_EVERY = 256 * 1024
@@ -150,9 +151,23 @@ class Engine(ABC):
             return result
 
         self._emit("images", {"count": len(mappings)})
+        self._contact(mappings)
         workers = max(1, min(self.settings.copy.concurrency, self.max_parallel or len(mappings) or 1))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.name}-image") as pool:
             return list(pool.map(run, mappings))
+
+    def _contact(self, mappings: Sequence[Mapping]) -> None:
+        """Ping every registry of the run at once, before the first image: each host's round trips
+        (and a host that cannot be reached) are known up front instead of one image after another."""
+        hosts = sorted({m.source.registry for m in mappings} | {m.target.registry for m in mappings})
+
+        def ping(host: str) -> None:
+            with contextlib.suppress(AcrMirrorError):  # remembered by the client; each image reports it
+                self.client(host).ping()
+
+        if len(hosts) > 1:
+            with ThreadPoolExecutor(max_workers=min(8, len(hosts)), thread_name_prefix="contact") as pool:
+                list(pool.map(ping, hosts))
 
     def close(self) -> None:
         with self._lock:
@@ -189,13 +204,15 @@ class Engine(ABC):
 
     def client(self, host: str) -> RegistryClient:
         """One client per registry host: its token cache and request limit are shared."""
+        from ..registry.client import RegistryClient
+
         with self._lock:
             client = self._clients.get(host)
             if client is None:
                 copy = self.settings.copy
                 client = RegistryClient(host, self.settings.registry(host), credentials=self.keychain.resolve(host),
                                         timeout=copy.timeout, retries=copy.retries,
-                                        max_in_flight=copy.per_registry_limit)
+                                        max_in_flight=copy.per_registry_limit, settings_for=self.settings.registry)
                 self._clients[host] = client
             return client
 
@@ -217,6 +234,8 @@ class Engine(ABC):
 
     def waiting(self, host: str, error: BaseException, delay: float) -> None:
         """The "waiting" event for a retry about to sleep `delay` seconds after `error` from `host`."""
+        from ..registry.errors import RegistryError
+
         if isinstance(error, RegistryError):
             cause = str(error.status) if error.status is not None else error.transport or error.cause
         else:

@@ -38,7 +38,8 @@ from ..registry.media import OCI_INDEX, Descriptor, Manifest, digest_tag, filter
 from ..settings import MirrorSettings
 from .base import CopyResult, Engine, Progress
 
-SIGNATURE_SUFFIXES = (".sig", ".att", ".sbom")  # cosign's tags next to an image: sha256-<hex>.sig
+SIGNATURE_SUFFIXES = (".sig", ".att", ".sbom")
+MAX_INDEX_DEPTH = 8  # an index of indexes this deep is a registry misbehaving (real images nest 2 at most)  # cosign's tags next to an image: sha256-<hex>.sig
 
 
 @dataclass(frozen=True)
@@ -206,11 +207,14 @@ class RegistryEngine(Engine):
             self._manifests_done.add((dst.client.host, dst.name, manifest.digest))
 
     def _copy_contents(self, tally: _Tally, src: Repository, dst: Repository, manifest: Manifest,
-                       children: Sequence[Descriptor] | None = None) -> None:
+                       children: Sequence[Descriptor] | None = None, depth: int = 0) -> None:
         """Everything `manifest` references (not the manifest itself): children or blobs."""
         if manifest.is_index:
+            if depth >= MAX_INDEX_DEPTH:
+                raise RegistryError(f"copy index {manifest.digest}",
+                                    message=f"indexes nested more than {MAX_INDEX_DEPTH} levels deep; refused")
             for child in manifest.children if children is None else children:
-                self._ensure_manifest(tally, src, dst, child)
+                self._ensure_manifest(tally, src, dst, child, depth + 1)
             return
         blobs = [b for b in manifest.blobs if not b.urls]  # foreign layers stay where their URLs say
         if len(manifest.blobs) != len(blobs):
@@ -221,7 +225,8 @@ class RegistryEngine(Engine):
             if error is not None:
                 raise error
 
-    def _ensure_manifest(self, tally: _Tally, src: Repository, dst: Repository, desc: Descriptor) -> None:
+    def _ensure_manifest(self, tally: _Tally, src: Repository, dst: Repository, desc: Descriptor,
+                         depth: int = 1) -> None:
         """A child manifest (by digest) with its contents, unless the target repository has it."""
         key = (dst.client.host, dst.name, desc.digest)
         with self._lock:
@@ -229,7 +234,7 @@ class RegistryEngine(Engine):
                 return
         if dst.head_manifest(desc.digest) is None:
             child = src.get_manifest(desc.digest)
-            self._copy_contents(tally, src, dst, child)
+            self._copy_contents(tally, src, dst, child, depth=depth)
             dst.put_manifest(desc.digest, child.raw, child.media_type)
         with self._lock:
             self._manifests_done.add(key)

@@ -110,7 +110,8 @@ class AcrExchange:
         realm_parts, base_parts = urlsplit(realm), urlsplit(base)
         allowed = {base_parts.hostname, urlsplit(f"//{self.host}").hostname}
         downgrade = realm_parts.scheme == "http" and base_parts.scheme == "https"
-        if realm_parts.scheme not in ("http", "https") or realm_parts.hostname not in allowed or downgrade:
+        unsafe = not self.transport.may_carry_credentials(exchange_url_for_realm(realm))
+        if realm_parts.scheme not in ("http", "https") or realm_parts.hostname not in allowed or downgrade or unsafe:
             log.warning("%s: the token realm %s is not on %s; exchanging the Entra ID token at %s instead",
                         self.host, realm, " or ".join(sorted(h for h in allowed if h)), default[0])
             return default

@@ -6,6 +6,11 @@ Token flows (distribution token spec, OAuth2 for ACR):
   identity token, or for Entra ID the refresh token ACR exchanges it for (mirror.registry.acr).
 Token requests go through the host's Transport (limits, counters, bounded answers). Tokens are
 cached per scope set and reused until shortly before `expires_in` runs out.
+
+Where credentials may go: Basic credentials to a token realm only over TLS verified with the
+realm host's own settings, or to a realm host marked insecure; a refresh token (an ACR refresh
+token, a Docker identity token) only to a realm on the registry's own host, under the same
+rule. A realm that fails these gets nothing, and the error says what to configure.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 from .acr import AcrExchange
 from .credentials import ANONYMOUS, Credentials
 from .errors import RegistryError, status_error
-from .transport import Transport
+from .transport import Transport, host_of, redact_url
 
 DEFAULT_TOKEN_LIFETIME = 60.0  # distribution token spec: assume 60 s when expires_in is absent
 _EXPIRY_MARGIN = 10.0  # refresh this long before expiry (clock skew, request time)
@@ -162,9 +168,22 @@ class Authenticator:
             body = None
         return response.status_code, body, raw
 
+    def _check_realm(self, realm: str, operation: str, *, refresh_token: bool) -> None:
+        """Refuse to send credentials to a realm that must not receive them (module docstring)."""
+        where = host_of(realm)
+        if not self.transport.may_carry_credentials(realm):
+            raise RegistryError(operation, message=f"the token realm {redact_url(realm)} is not verified TLS: "
+                                f"credentials go only over verified TLS, or to a host marked insecure "
+                                f"(registries.{where}.insecure)")
+        own = {urlsplit(self._base_url()).hostname, urlsplit(f"//{self.host}").hostname}
+        if refresh_token and urlsplit(realm).hostname not in own:
+            raise RegistryError(operation, message=f"the token realm {redact_url(realm)} is not on {self.host}: a "
+                                f"refresh token goes only to the registry it was issued for")
+
     def _refresh_token(self, challenge: Challenge) -> str | None:
         if self.acr is not None:
-            return self.acr.refresh_token(self._base_url(), challenge.realm, challenge.params.get("service"))
+            realm = urljoin(self._base_url() + "/", challenge.realm) if challenge.realm else None
+            return self.acr.refresh_token(self._base_url(), realm, challenge.params.get("service"))
         return self.credentials.identity_token
 
     def _post_refresh(self, realm: str, service: str | None, scopes: tuple[str, ...],
@@ -177,13 +196,17 @@ class Authenticator:
     def _fetch(self, scopes: tuple[str, ...]) -> _Token:
         challenge = self._challenge
         assert challenge is not None
-        realm = challenge.realm
         operation = f"get a token from {self.host}"
-        if not realm:
+        if not challenge.realm:
             raise RegistryError(operation, message="the Bearer challenge has no realm")
+        realm = urljoin(self._base_url() + "/", challenge.realm)  # a relative realm is on the registry itself
         service = challenge.params.get("service")
         started = self._clock()
         self.token_requests += 1
+        if self.acr is not None or self.credentials.identity_token:
+            self._check_realm(realm, operation, refresh_token=True)
+        elif self.credentials.basic is not None:
+            self._check_realm(realm, operation, refresh_token=False)
         refresh = self._refresh_token(challenge)
         if refresh:
             status, body, raw = self._post_refresh(realm, service, scopes, refresh)

@@ -6,6 +6,16 @@ request limit, counters), authentication and retries; `client.repo(name)` gives 
 manifest, HEAD blob, tag list, referrers) retry by themselves (mirror.retry); streaming and
 upload calls do not: the caller retries a whole blob transfer, so retries never nest.
 
+Fail fast: the ping (GET /v2/) is tried with a short budget of its own, never inside another
+retry, and a host that could not be reached is remembered for the run: every later call fails
+at once with the same one line (a DNS failure or a refused certificate is not retried at all).
+
+Nothing a registry sends is trusted: digests it names are checked (digest grammar) before they
+go into a URL, every URL path segment is validated and quoted, manifests and blobs fetched by
+digest must hash to it, every body is read bounded (manifests and referrers 4 MiB, tag pages
+4 MiB and at most MAX_TAG_PAGES pages, error bodies 64 KiB), and a transfer that falls below
+MIN_RATE bytes/s once past its grace period is given up.
+
 Per host settings (RegistrySettings): see mirror.registry.transport for `endpoint`,
 `insecure` and `ca_file`.
 """
@@ -14,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -21,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
-from manifests_rewriter.reference import is_digest
+from manifests_rewriter.reference import TAG_RE, digest_problem, is_digest, is_valid_repository
 
 from .. import retry
 from ..settings import RegistrySettings
@@ -29,9 +40,14 @@ from .auth import Authenticator, scope
 from .credentials import Credentials
 from .errors import RegistryError, status_error
 from .media import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest, digest_tag, parse_manifest
-from .transport import HostLimiter, Response, Transport, base_urls
+from .transport import HostLimiter, Response, Transport, base_urls, redact_url
 
 TAG_PAGE = 1000
+MAX_TAG_PAGES = 100  # 100,000 tags: a tag list longer than that is a registry misbehaving
+MAX_ERROR_BODY = 64 * 1024
+PING_RETRIES = 2  # the ping's own budget (429/5xx/resets); DNS and TLS failures are final at once
+UNKNOWN_SIZE_CHUNK = 8 * 1024 * 1024  # PATCH size for a blob whose size is not known in advance
+MIN_RATE = 10 * 1024  # bytes/s a blob stream must average once past its grace period (copy.timeout)
 
 
 def _hasher(digest: str) -> Any:
@@ -65,16 +81,18 @@ class BlobStream:
     streaming; the last piece is held back until the whole body is verified, so an upload
     fed from it never receives its final byte when the content is wrong."""
 
-    def __init__(self, response: Response, digest: str, size: int, operation: str):
+    def __init__(self, response: Response, digest: str, size: int, operation: str, grace: float = 60.0):
         self.response = response
         self.digest = digest
         self.size = size
         self.operation = operation
+        self.grace = grace  # seconds before the minimum rate applies
 
     def chunks(self) -> Iterator[bytes]:
         hasher = _hasher(self.digest)
         received = 0
         held: bytes | None = None
+        started = time.monotonic()
         for piece in Transport.body(self.response, self.operation):
             if not piece:
                 continue
@@ -85,6 +103,11 @@ class BlobStream:
             if received > self.size >= 0:
                 raise RegistryError(self.operation, codes=("SIZE_INVALID",),
                                     message=f"more than the expected {self.size} bytes")
+            elapsed = time.monotonic() - started
+            if elapsed > self.grace and received < MIN_RATE * elapsed:  # a source dripping bytes holds a worker
+                raise RegistryError(self.operation, message=f"{received:,} bytes in {elapsed:.0f} s, below the "
+                                    f"minimum of {MIN_RATE // 1024} KiB/s; given up (check the network)",
+                                    retryable=True, transport="slow")
             held = piece
         if self.size >= 0 and received != self.size:
             raise RegistryError(self.operation, message=f"body ended after {received} of {self.size} bytes",
@@ -102,16 +125,19 @@ class RegistryClient:
 
     def __init__(self, host: str, settings: RegistrySettings | None = None, *,
                  credentials: Credentials | None = None, timeout: float = 60.0, retries: int = 5,
-                 max_in_flight: int = 8, sleep: Callable[[float], None] | None = None):
+                 max_in_flight: int = 8, sleep: Callable[[float], None] | None = None,
+                 settings_for: Callable[[str], RegistrySettings] | None = None):
         self.host = host
         self.settings = settings or RegistrySettings()
         self.retries = retries
-        self.transport = Transport(host, self.settings, timeout=timeout, max_in_flight=max_in_flight)
+        self.transport = Transport(host, self.settings, timeout=timeout, max_in_flight=max_in_flight,
+                                   settings_for=settings_for)
         self.transport.observers.append(self._observe)
         self.rate_limit: str | None = None  # Docker Hub's ratelimit-limit / ratelimit-remaining, last seen
         self.supports_referrers: bool | None = None
         self._sleep = sleep
         self._base: str | None = None
+        self._unreachable: RegistryError | None = None  # the ping's failure, remembered for the run
         self._ping_lock = threading.Lock()
         self.auth = Authenticator(host, credentials, self.transport, lambda: self.base_url)
 
@@ -151,15 +177,27 @@ class RegistryClient:
         return self._base
 
     def ping(self) -> None:
-        """GET /v2/: choose http(s) and learn the authentication challenge. Once per client."""
+        """GET /v2/: choose http(s) and learn the authentication challenge. Once per client; a
+        failure is final for the run (not retryable: an operation's retry never repeats it)."""
         with self._ping_lock:
-            if self._base is None:
-                retry.call(self._ping_once, retries=self.retries, sleep=self._sleep)
+            if self._base is not None:
+                return
+            if self._unreachable is not None:
+                raise self._unreachable
+            try:
+                retry.call(self._ping_once, retries=min(self.retries, PING_RETRIES), sleep=self._sleep)
+            except RegistryError as exc:
+                hint = "" if exc.status in (401, 403) else (
+                    f"; check the host name and the network (or registries.{self.host}.endpoint)"
+                    if exc.transport in ("dns", "connect", "timeout", "other") else "")
+                self._unreachable = RegistryError(exc.operation, exc.status, exc.codes, exc.message + hint,
+                                                  retryable=False, transport=exc.transport)
+                raise self._unreachable from None
 
     def _ping_once(self) -> None:
         candidates = base_urls(self.host, self.settings)
         for index, base in enumerate(candidates):
-            operation = f"ping {self.host} at {base}"
+            operation = f"ping {self.host} at {redact_url(base)}"
             try:
                 with self.transport.slot():
                     response = self.transport.send("GET", f"{base}/v2/", operation)
@@ -178,6 +216,7 @@ class RegistryClient:
                                    response.headers.get("retry-after"))
             self._base = base
             return
+
 
     # -- requests ------------------------------------------------------------------------
 
@@ -215,10 +254,30 @@ def _same_origin(response: Response, base: str) -> bool:
     return origin(str(response.url)) == origin(base)
 
 
+def _segment(value: str, what: str, operation: str) -> str:
+    """One URL path segment from a tag or digest, validated (no value can leave its segment)."""
+    if is_digest(value) or (TAG_RE.fullmatch(value) and what != "digest"):
+        return quote(value, safe=":")
+    problem = digest_problem(value) if what == "digest" else f"invalid tag or digest {value[:80]!r}"
+    raise RegistryError(operation, codes=("DIGEST_INVALID" if what == "digest" else "TAG_INVALID",),
+                        message=f"{problem}; refused")
+
+
+def _checked_digest(value: str | None, operation: str, status: int) -> str | None:
+    """A digest a registry sent in a header: None if absent, refused if not a digest."""
+    if value is None or is_digest(value):
+        return value
+    raise RegistryError(operation, status, ("DIGEST_INVALID",),
+                        f"the registry's Docker-Content-Digest is not a digest ({digest_problem(value)})")
+
+
 class Repository:
     """The API calls for one repository of a registry. `push` asks tokens for pull,push."""
 
     def __init__(self, client: RegistryClient, name: str, *, push: bool = False):
+        if not is_valid_repository(name):
+            raise RegistryError(f"use repository {client.host}/{name[:200]}", codes=("NAME_INVALID",),
+                                message="not a valid repository name")
         self.client = client
         self.name = name
         self.push = push
@@ -228,7 +287,11 @@ class Repository:
         return f"Repository({self.client.host}/{self.name})"
 
     def _where(self, reference: str) -> str:
-        return f"{self.client.host}/{self.name}{'@' if is_digest(reference) else ':'}{reference}"
+        return f"{self.client.host}/{self.name}{'@' if is_digest(reference) else ':'}{reference[:200]}"
+
+    def _path(self, kind: str, reference: str, operation: str, *, what: str = "reference") -> str:
+        """`/v2/<name>/<kind>/<reference>`; the name was validated, the reference is here."""
+        return f"/v2/{self.name}/{kind}/{_segment(reference, what, operation)}"
 
     def _retry(self, fn: Callable[[], Any]) -> Any:
         return retry.call(fn, retries=self.client.retries, sleep=self.client._sleep)
@@ -244,14 +307,14 @@ class Repository:
         operation = f"HEAD manifest {self._where(reference)}"
 
         def attempt() -> ManifestInfo | None:
-            response = self._send("HEAD", f"/v2/{self.name}/manifests/{reference}", operation,
+            response = self._send("HEAD", self._path("manifests", reference, operation), operation,
                                   headers={"Accept": ACCEPT})
             if response.status_code == 404:
                 return None
             if response.status_code != 200:
                 raise _response_error(operation, response)
-            return ManifestInfo(response.headers.get("docker-content-digest"),
-                                _media_type(response), int(response.headers.get("content-length", -1)))
+            digest = _checked_digest(response.headers.get("docker-content-digest"), operation, 200)
+            return ManifestInfo(digest, _media_type(response), _length(response))
 
         return self._retry(attempt)
 
@@ -262,17 +325,16 @@ class Repository:
 
         def attempt() -> Manifest:
             with self.client.slot():
-                response = self.client.send("GET", f"/v2/{self.name}/manifests/{reference}", operation,
+                response = self.client.send("GET", self._path("manifests", reference, operation), operation,
                                             self.scopes, headers={"Accept": ACCEPT}, stream=True)
                 try:
                     if response.status_code != 200:
-                        response.read()
-                        raise _response_error(operation, response)
+                        raise _response_error(operation, response, streamed=True)
                     raw = Transport.read_limited(response, MAX_MANIFEST_BYTES, operation, "manifest",
                                                  ("MANIFEST_INVALID",))
                 finally:
                     response.close()
-            header = response.headers.get("docker-content-digest")
+            header = _checked_digest(response.headers.get("docker-content-digest"), operation, 200)
             requested = reference if is_digest(reference) else None
             for expected, what in ((requested, "the requested digest"), (header, "Docker-Content-Digest")):
                 if expected:
@@ -295,7 +357,7 @@ class Repository:
         digest = compute_digest(raw)
 
         def attempt() -> PutResult:
-            response = self._send("PUT", f"/v2/{self.name}/manifests/{reference}", operation,
+            response = self._send("PUT", self._path("manifests", reference, operation), operation,
                                   headers={"Content-Type": media_type}, content=raw)
             if response.status_code not in (200, 201, 202):
                 raise _response_error(operation, response)
@@ -314,12 +376,13 @@ class Repository:
         operation = f"HEAD blob {self._where(digest)}"
 
         def attempt() -> int | None:
-            response = self._send("HEAD", f"/v2/{self.name}/blobs/{digest}", operation, follow=True)
+            response = self._send("HEAD", self._path("blobs", digest, operation, what="digest"), operation,
+                                  follow=True)
             if response.status_code == 404:
                 return None
             if response.status_code != 200:
                 raise _response_error(operation, response)
-            return int(response.headers.get("content-length", -1))
+            return _length(response)
 
         return self._retry(attempt)
 
@@ -329,17 +392,18 @@ class Repository:
         Redirects (ACR sends blob GETs to storage) are followed without the Authorization header."""
         operation = f"GET blob {self._where(digest)}"
         with self.client.slot():
-            response = self.client.send("GET", f"/v2/{self.name}/blobs/{digest}", operation, self.scopes,
-                                        headers={"Accept-Encoding": "identity"}, follow=True, stream=True)
+            response = self.client.send("GET", self._path("blobs", digest, operation, what="digest"), operation,
+                                        self.scopes, headers={"Accept-Encoding": "identity"}, follow=True,
+                                        stream=True)
             try:
                 if response.status_code != 200:
-                    response.read()
-                    raise _response_error(operation, response)
-                length = int(response.headers.get("content-length", -1))
+                    raise _response_error(operation, response, streamed=True)
+                length = _length(response)
                 if size >= 0 and length >= 0 and length != size:
                     raise RegistryError(operation, 200, ("SIZE_INVALID",),
                                         f"the registry sends {length} bytes, the manifest says {size}")
-                yield BlobStream(response, digest, size if size >= 0 else length, operation)
+                yield BlobStream(response, digest, size if size >= 0 else length, operation,
+                                 grace=max(self.client.transport.timeout, 10.0))
             finally:
                 response.close()
 
@@ -351,7 +415,9 @@ class Repository:
         scopes: tuple[str, ...] = self.scopes
         if mount and from_repo:
             operation = f"mount {mount} from {from_repo} into {self.client.host}/{self.name}"
-            path += f"?mount={quote(mount)}&from={quote(from_repo)}"
+            if not is_valid_repository(from_repo):
+                raise RegistryError(operation, codes=("NAME_INVALID",), message="not a valid repository name")
+            path += f"?mount={_segment(mount, 'digest', operation)}&from={quote(from_repo, safe='/')}"
             scopes = (*self.scopes, scope(from_repo, "pull"))
         response = self._send("POST", path, operation, scopes=scopes, content=b"")
         if response.status_code == 201 and mount:
@@ -372,8 +438,11 @@ class Repository:
         The digest is committed only by the last request, so a `chunks` that raises
         (a verification failure) leaves nothing in the registry."""
         operation = f"upload blob {self._where(digest)}"
+        _segment(digest, "digest", operation)
         location = location or self.start_upload()
         assert location is not None
+        if chunk_size is None and size < 0:  # no Content-Length to give a single PUT: PATCH in pieces
+            chunk_size = UNKNOWN_SIZE_CHUNK
         if chunk_size is None:
             response = self._send("PUT", _with_digest(location, digest), operation, content=iter(chunks),
                                   headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
@@ -403,7 +472,12 @@ class Repository:
         operation = f"list tags of {self.client.host}/{self.name}"
         tags: list[str] = []
         path: str | None = f"/v2/{self.name}/tags/list?n={page_size}"
+        pages = 0
         while path:
+            pages += 1
+            if pages > MAX_TAG_PAGES:
+                raise RegistryError(operation, message=f"more than {MAX_TAG_PAGES} pages of tags; given up "
+                                                       f"(the registry keeps sending a next page)")
             def attempt(path: str = path) -> Response:
                 response = self._send("GET", path, operation)
                 if response.status_code != 200:
@@ -412,9 +486,12 @@ class Repository:
 
             response = self._retry(attempt)
             try:
-                tags.extend(response.json().get("tags") or [])
+                page = response.json().get("tags") or []
             except (ValueError, AttributeError):
                 raise RegistryError(operation, 200, message="the registry answered with invalid JSON") from None
+            if not isinstance(page, list):
+                raise RegistryError(operation, 200, message="the registry's tag list is not a list")
+            tags.extend(t for t in page if isinstance(t, str) and TAG_RE.fullmatch(t))
             path = _next_link(response)
             if path:
                 path = urljoin(str(response.url), path)
@@ -429,7 +506,7 @@ class Repository:
         operation = f"list referrers of {self._where(digest)}"
 
         def attempt() -> list[Descriptor] | None:
-            response = self._send("GET", f"/v2/{self.name}/referrers/{digest}", operation,
+            response = self._send("GET", self._path("referrers", digest, operation, what="digest"), operation,
                                   headers={"Accept": "application/vnd.oci.image.index.v1+json"})
             if response.status_code in (404, 405, 400, 501):
                 self.client.supports_referrers = False
@@ -476,6 +553,18 @@ def _next_link(response: Response) -> str | None:
     return None
 
 
+def _read_some(response: Response, operation: str) -> bytes:
+    body = bytearray()
+    try:
+        for piece in Transport.body(response, operation):
+            body += piece
+            if len(body) >= MAX_ERROR_BODY:
+                break
+    except RegistryError:
+        pass  # the status says enough
+    return bytes(body[:MAX_ERROR_BODY])
+
+
 def _rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
     buffer = bytearray()
     for piece in chunks:
@@ -487,6 +576,14 @@ def _rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
         yield bytes(buffer)
 
 
-def _response_error(operation: str, response: Response) -> RegistryError:
-    body = Transport.content(response)
+def _length(response: Response) -> int:
+    try:
+        return int(response.headers.get("content-length", -1))
+    except ValueError:
+        return -1
+
+
+def _response_error(operation: str, response: Response, *, streamed: bool = False) -> RegistryError:
+    """The error for an unexpected answer; a streamed answer's body is read at most MAX_ERROR_BODY."""
+    body = _read_some(response, operation) if streamed else Transport.content(response)
     return status_error(operation, response.status_code, body, response.headers.get("retry-after"))

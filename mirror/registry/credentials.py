@@ -6,8 +6,13 @@ Sources, in order; the first that has something for the host wins (``auth: auto`
 1. ``ConfigCredentials``: ``registries.<host>.username`` with ``password`` or ``password_env`` (the
    ACR admin user, an ACR repository-scoped token, any basic-auth registry).
 2. ``EnvironmentCredentials``: ``ACR_MIRROR_<HOST>_USERNAME`` and ``ACR_MIRROR_<HOST>_PASSWORD``,
-   where ``<HOST>`` is the host upper-cased with every non-alphanumeric character as ``_``
-   (``crazureblue.azurecr.io`` → ``ACR_MIRROR_CRAZUREBLUE_AZURECR_IO_USERNAME``).
+   where ``<HOST>`` is the host upper-cased with ``.`` as ``_``, ``-`` as ``__`` and ``:`` as ``___``
+   (``crazureblue.azurecr.io`` → ``ACR_MIRROR_CRAZUREBLUE_AZURECR_IO_USERNAME``,
+   ``my-reg.example:5000`` → ``ACR_MIRROR_MY__REG_EXAMPLE___5000_``). The naming is injective on
+   registry host names (a DNS label never starts or ends with ``-``, a port follows ``:``), so a
+   look-alike host (``crazureblue-azurecr.io``) never reads another host's variables. A host that
+   cannot be named so (an IPv6 literal) reads none. (Before 0.2 every non-alphanumeric was ``_``:
+   such names for a host with ``-`` or ``:`` are another host's now, and are not read for it.)
 3. ``DockerConfigCredentials``, Docker's config.json (``$DOCKER_CONFIG/config.json``, else
    ``~/.docker/config.json``):
    a. ``credHelpers[host]``: run ``docker-credential-<name> get``;
@@ -154,8 +159,18 @@ class CredentialSource(ABC):
         when what it has is unusable (a half pair, a broken helper)."""
 
 
-def env_prefix(host: str) -> str:
-    """``ACR_MIRROR_<HOST>_``: the host upper-cased, non-alphanumerics as ``_``."""
+_ENV_CODES = {".": "_", "-": "__", ":": "___"}
+
+
+def env_prefix(host: str) -> str | None:
+    """``ACR_MIRROR_<HOST>_`` (see the module docstring), or None for a host it cannot name."""
+    if not re.fullmatch(r"[A-Za-z0-9.:-]+", host):
+        return None
+    return "ACR_MIRROR_" + "".join(_ENV_CODES.get(c, c) for c in host.upper()) + "_"
+
+
+def _legacy_env_prefix(host: str) -> str:  # for the migration warning only
+    """How variables were named before the naming became injective: every non-alphanumeric as ``_``."""
     return "ACR_MIRROR_" + re.sub(r"[^A-Za-z0-9]", "_", host).upper() + "_"
 
 
@@ -190,7 +205,14 @@ class EnvironmentCredentials(CredentialSource):
 
     def lookup(self, host: str, settings: RegistrySettings) -> Credentials | None:
         prefix = env_prefix(host)
+        if prefix is None:
+            return None
         username, password = self.env.get(prefix + "USERNAME"), self.env.get(prefix + "PASSWORD")
+        legacy = _legacy_env_prefix(host)
+        if username is None and password is None and legacy != prefix and legacy + "USERNAME" in self.env:
+            # the pre-0.2 name is another host's now (my.reg.io's for my-reg.io): never read for this one
+            log.warning("%sUSERNAME names another host since acr-mirror 0.2; credentials for %s from the "
+                        "environment are %sUSERNAME/_PASSWORD", legacy, host, prefix)
         if username and password is not None:
             return Credentials("env", BasicCredential(username, password))
         if username or password is not None:
@@ -331,9 +353,10 @@ class Keychain:
                 log.debug("credentials for %s: %r", host, found)
                 return found
         if mode == "basic":
+            names = f", or {env_prefix(host)}USERNAME/_PASSWORD" if env_prefix(host) else ""
             raise CredentialError(
                 f"registries.{host}.auth is basic but there is no username and password "
-                f"(config username + password/password_env, or {env_prefix(host)}USERNAME/_PASSWORD)")
+                f"(config username + password/password_env{names})")
         if mode == "docker":
             env = next((s.env for s in chosen if isinstance(s, DockerConfigCredentials)), os.environ)
             raise CredentialError(

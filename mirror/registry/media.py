@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from manifests_rewriter.reference import digest_problem
+
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -56,8 +58,13 @@ class Descriptor:
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> Descriptor:
+        """A descriptor from a manifest: its digest checked (a registry's manifest is untrusted
+        input, and the digest goes into URLs), its size an integer."""
         if not isinstance(data, dict) or not isinstance(data.get("digest"), str):
             raise ValueError(f"{where}: descriptor without a digest")
+        problem = digest_problem(data["digest"])
+        if problem:
+            raise ValueError(f"{where}: descriptor with an {problem}")
         size = data.get("size", -1)
         if not isinstance(size, int) or isinstance(size, bool):
             raise ValueError(f"{where}: descriptor {data['digest']} has an invalid size")

@@ -7,18 +7,26 @@ registry host go through it, so limits, counters and error handling apply to all
 
 Where requests go (`base_urls`): `registries.<host>.endpoint` when set (a mirror, proxy or
 private endpoint; image names keep the host), Docker Hub's API host for docker.io, else the
-host itself; https first, plain http second only for a host marked `insecure`.
+host itself; https first, plain http second only for a host marked `insecure`. Plain HTTP is
+never used unless the host says `insecure: true`, an `http://` endpoint included.
 
 TLS (`tls_verify`), one precedence: `ca_file` set: verified against that CA (and the
-system's); else `insecure: true`: not verified; else verified against the system's CAs.
+system's); else `insecure: true`: not verified; else verified against the system's CAs. Every
+host a request goes to (a token realm, a redirect target) is checked with ITS OWN settings
+(`settings_for(host)`), never with the registry's.
 
 Credentials (`authorization=`) are attached only to requests whose origin (scheme, host,
 port) is the one they belong to: a redirect to any other origin, including a scheme or port
-change on the same host, is followed without them.
+change on the same host, is followed without them. `may_carry_credentials(url)` says whether
+a URL may receive credentials at all: verified TLS, or a host its settings mark insecure.
+
+Bodies are read bounded: `send` refuses an answer over MAX_BODY unless the caller streams it
+(and then reads it with `read_limited` or its own checks).
 """
 
 from __future__ import annotations
 
+import socket
 import ssl
 import threading
 from collections import Counter
@@ -38,13 +46,19 @@ from .errors import RegistryError
 Response = httpx.Response  # what `send` returns; callers use its status, headers and body only
 USER_AGENT = f"acr-mirror/{__version__}"
 MAX_REDIRECTS = 5
+MAX_BODY = 4 * 1024 * 1024  # any answer read whole: error bodies, tag pages, token answers, uploads' replies
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def base_urls(host: str, settings: RegistrySettings) -> list[str]:
-    """The base URLs to try for `host`, in order (see the module docstring)."""
+    """The base URLs to try for `host`, in order (see the module docstring). An `http://`
+    endpoint without `insecure: true` is refused: it would carry credentials in clear."""
     endpoint = (settings.endpoint or "").rstrip("/")
+    if endpoint.startswith("http://") and not settings.insecure:
+        raise RegistryError(f"reach {host} at {redact_url(endpoint)}",
+                            message=f"plain HTTP is used only for a host marked insecure; set "
+                                    f"registries.{host}.insecure: true to allow it, or use an https:// endpoint")
     if endpoint.startswith(("http://", "https://")):
         return [endpoint]
     target = endpoint or (DOCKER_HUB_API_HOST if is_docker_hub(host) else host)
@@ -63,6 +77,20 @@ def tls_verify(host: str, settings: RegistrySettings) -> ssl.SSLContext | bool:
     if settings.insecure:
         return False
     return ssl.create_default_context()
+
+
+def redact_url(url: str) -> str:
+    """A URL fit to show: user information (`user:password@`) replaced by `***@`."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+
+
+def host_of(url: str) -> str:
+    """`host[:port]` of a URL as registry settings are keyed (the port only when given)."""
+    parts = urlsplit(url)
+    return parts.netloc.rpartition("@")[2].lower()
 
 
 def origin(url: str) -> tuple[str, str, int]:
@@ -100,41 +128,66 @@ class HostLimiter:
 
 
 class Transport:
-    """One registry host's HTTP. Thread-safe; share one per host."""
+    """One registry host's HTTP. Thread-safe; share one per host. `settings_for(host)` gives the
+    settings of any other host a request may go to (token realms, redirect targets)."""
 
     def __init__(self, host: str, settings: RegistrySettings | None = None, *, timeout: float = 60.0,
-                 max_in_flight: int = 8):
+                 max_in_flight: int = 8, settings_for: Callable[[str], RegistrySettings] | None = None):
         self.host = host
         self.settings = settings or RegistrySettings()
+        self.settings_for = settings_for or (lambda _host: RegistrySettings())
         self.limiter = HostLimiter(max_in_flight)
         self.requests: Counter[str] = Counter()  # method -> requests sent (token requests included)
         self.observers: list[Callable[[Response], None]] = []  # see every response (rate-limit headers)
+        self.timeout = timeout
         self._timeout = httpx.Timeout(timeout, connect=min(timeout, 15.0))
         self._pool_size = max(20, 2 * self.limiter.limit)
         self._http = self._new_http(tls_verify(host, self.settings))
-        self._foreign: httpx.Client | None = None  # other origins (redirect targets, token realms)
+        self._others: dict[str, httpx.Client] = {}  # other hosts (redirect targets, token realms), their own TLS
         self._lock = threading.Lock()
 
     def _new_http(self, verify: ssl.SSLContext | bool) -> httpx.Client:
         return httpx.Client(
             verify=verify, timeout=self._timeout, follow_redirects=False,
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=self._pool_size),
-            headers={"User-Agent": USER_AGENT},
+            # identity: bodies are read raw and bounded; a compressed answer could expand without bound
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
         )
 
+    def _own(self, url: str) -> bool:
+        try:
+            bases = base_urls(self.host, self.settings)
+        except RegistryError:
+            return False
+        return any(origin(url) == origin(base) for base in bases)
+
+    def _settings_of(self, url: str) -> RegistrySettings:
+        return self.settings if self._own(url) else self.settings_for(host_of(url))
+
     def _client_for(self, url: str) -> httpx.Client:
-        """This host's client for its own base URLs; a default-TLS client for anything else."""
-        if any(origin(url) == origin(base) for base in base_urls(self.host, self.settings)):
+        """This host's client for its own base URLs; for any other host a client with THAT
+        host's TLS settings (a registry marked insecure does not make its realm unverified)."""
+        if self._own(url):
             return self._http
+        host = host_of(url)
         with self._lock:
-            if self._foreign is None:
-                self._foreign = self._new_http(True)
-            return self._foreign
+            client = self._others.get(host)
+            if client is None:
+                client = self._others[host] = self._new_http(tls_verify(host, self.settings_for(host)))
+            return client
+
+    def may_carry_credentials(self, url: str) -> bool:
+        """Whether credentials may be sent to `url` at all: https verified with its host's own
+        settings, or a host those settings mark insecure (then http too)."""
+        settings = self._settings_of(url)
+        if settings.insecure:
+            return True
+        return urlsplit(url).scheme == "https"
 
     def close(self) -> None:
         self._http.close()
-        if self._foreign is not None:
-            self._foreign.close()
+        for client in self._others.values():
+            client.close()
 
     @contextmanager
     def slot(self) -> Iterator[None]:
@@ -178,11 +231,12 @@ class Transport:
             break
         if not stream:
             try:
-                response.read()
-            except httpx.HTTPError as exc:
-                raise transport_error(operation, exc) from None
+                # bounded: whatever a registry answers (an error page, a tag list) is read at most MAX_BODY
+                body = self.read_limited(response, MAX_BODY, operation, "the answer")
             finally:
                 response.close()
+            kept = [(k, v) for k, v in response.headers.multi_items() if k.lower() != "content-encoding"]
+            return httpx.Response(response.status_code, headers=kept, content=body, request=response.request)
         return response
 
     @staticmethod
@@ -218,6 +272,16 @@ class Transport:
         return bytes(body)
 
 
+def _is_name_error(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, socket.gaierror):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc)
+    return "Name or service not known" in text or "name resolution" in text or "nodename nor servname" in text
+
+
 def _is_tls_error(exc: BaseException) -> bool:
     seen: BaseException | None = exc
     while seen is not None:
@@ -233,6 +297,9 @@ def transport_error(operation: str, exc: BaseException) -> RegistryError:
         return RegistryError(operation, message=f"timed out ({type(exc).__name__})", retryable=True, transport="timeout")
     if _is_tls_error(exc) and isinstance(exc, httpx.ConnectError):
         return RegistryError(operation, message=f"TLS failed: {exc}", retryable=False, transport="tls")
-    text = str(exc) or type(exc).__name__
+    text = redact_url(str(exc) or type(exc).__name__)
+    if isinstance(exc, httpx.ConnectError) and _is_name_error(exc):
+        return RegistryError(operation, message=f"cannot resolve the host name: {text}", retryable=False,
+                             transport="dns")
     kind = "connect" if isinstance(exc, httpx.ConnectError | httpx.RemoteProtocolError | httpx.ReadError) else "other"
     return RegistryError(operation, message=f"connection failed: {text}", retryable=True, transport=kind)

@@ -27,6 +27,7 @@ Fault kinds (``Fault.kind``)::
     reset-body      forward, send the headers and half the body, then reset
     truncate        forward, send the headers and half the body, then close cleanly (FIN)
     slow            wait ``delay`` seconds, then forward
+    throttle        forward, streaming the body at ``rate`` bytes/s
     corrupt         forward, flip bytes in the middle of the body (same length): a blob or
                     manifest whose bytes no longer match its digest
     lie-digest      forward, replace Docker-Content-Digest with a wrong digest
@@ -76,6 +77,7 @@ class Fault:
     status: int | None = None
     retry_after: str | None = None
     delay: float = 0.0
+    rate: float = 0.0  # throttle: bytes per second
     location: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes | None = None
@@ -469,9 +471,9 @@ class _Handler(BaseHTTPRequestHandler):
         length_header = response.getheader("Content-Length")
         has_body = self.command != "HEAD" and status not in (204, 304) and not 100 <= status < 200
 
-        if kind in ("pass", "slow") and has_body and length_header is not None:
+        if kind in ("pass", "slow", "throttle") and has_body and length_header is not None:
             self._mark(kind, status)
-            self._stream(status, out_headers, response, int(length_header))
+            self._stream(status, out_headers, response, int(length_header), fault.rate if kind == "throttle" else 0.0)
             return
         data = response.read()  # always drain it: the upstream connection is reused
         if not has_body:
@@ -554,15 +556,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _stream(self, status: int, headers: list[tuple[str, str]], response: http.client.HTTPResponse,
-                length: int) -> None:
+                length: int, rate: float = 0.0) -> None:
         self._head(status, headers)
         left = length
+        piece = min(_CHUNK, max(1024, int(rate / 4))) if rate else _CHUNK  # a throttled body: 4 pieces a second
         while left > 0:
-            chunk = response.read(min(_CHUNK, left))
+            chunk = response.read(min(piece, left))
             if not chunk:
                 self._fin()  # the upstream broke off: pass the truncation on
             self.wfile.write(chunk)
             left -= len(chunk)
+            if rate:
+                self.wfile.flush()
+                time.sleep(len(chunk) / rate)
         response.read()  # marks the response complete, so the upstream connection can be reused
 
 

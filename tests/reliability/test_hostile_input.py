@@ -875,6 +875,7 @@ def test_token_endpoint_returning_garbage(token_registry: Any, target_registry: 
     config = write_config(tmp_path / "config.yaml", target_registry.host, {
         token_registry.host: {"endpoint": registry.url, "insecure": True, "username": token_registry.username,
                               "password_env": "HOSTILE_TOKEN_PASSWORD"},
+        bogus.url.split("/")[2]: {"insecure": True},  # the (plain-HTTP) realm may receive the credentials
         target_registry.host: {"insecure": True},
     })
     report = tmp_path / "report.json"

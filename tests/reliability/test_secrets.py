@@ -114,6 +114,7 @@ def world(basic_registry: Registry, token_registry: Registry, acr_registry: Regi
         token_registry.host: {"insecure": True, "username": token_registry.username,
                               "password": token_registry.password},  # in plain text: warned about
         acr_registry.host: {"insecure": True, "auth": "azure"},
+        **{h: {"insecure": True} for r in (token_registry, acr_registry) for h in r.hosts[1:]},  # token realms
     })
     monkeypatch.setattr(identity_module, "default_entra_id",
                         lambda: EntraIdTokenProvider(static_credential(acr_registry.aad_token)))
@@ -226,7 +227,7 @@ def test_no_secret_in_a_debug_subprocess(basic_registry: Registry, token_registr
     tree.mkdir()
     (tree / "deploy.yaml").write_text(_deployment(one, two, basic_registry.host + "/app/none:1"))
     config = write_config(tmp_path / "config.yaml", target_registry.host, {
-        h: {"insecure": True} for h in (basic_registry.host, token_registry.host, target_registry.host)})
+        h: {"insecure": True} for h in (basic_registry.host, *token_registry.hosts, target_registry.host)})
     env = cli_env()
     env["ACR_MIRROR_DEBUG"] = "1"
     for registry in (basic_registry, token_registry):

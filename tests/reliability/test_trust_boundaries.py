@@ -111,7 +111,6 @@ def _victim_untouched(target: Any, before: dict[str, str]) -> None:
     assert others_than(after, "app/evil") == before, "a write landed outside the mapped repository app/evil"
 
 
-@issue11("a source registry's digests are used in target URLs unvalidated (index children)")
 def test_index_child_digest_cannot_write_outside_the_mapped_repository(
         empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
     source, config, before = _digest_attack_world(tmp_path, empty_target, servers)
@@ -128,7 +127,6 @@ def test_index_child_digest_cannot_write_outside_the_mapped_repository(
     figures.record("trust", handled=1)
 
 
-@issue11("a source registry's digests are used in target URLs unvalidated (referrers)")
 def test_referrer_digest_cannot_write_outside_the_mapped_repository(
         empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
     source, config, before = _digest_attack_world(tmp_path, empty_target, servers)
@@ -158,7 +156,6 @@ def test_referrer_digest_cannot_write_outside_the_mapped_repository(
 DIGEST = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")  # the OCI digest grammar
 
 
-@issue11("a source registry's digests are used in URLs unvalidated (Docker-Content-Digest)")
 def test_announced_digest_is_checked_before_it_is_used(
         empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
     """A HEAD announcing a 'digest' that climbs out of the repository: it must never become a URL (the
@@ -229,7 +226,6 @@ REAL_ACR = "crazureblue.azurecr.io"
 REAL_ACR_ENV = "ACR_MIRROR_CRAZUREBLUE_AZURECR_IO_"
 
 
-@issue11("credentials reach look-alike hosts (ACR_MIRROR_<HOST>_* names collide)")
 @pytest.mark.parametrize("lookalike", ["crazureblue-azurecr.io", "crazureblue.azurecr-io"])
 def test_env_credentials_do_not_reach_a_look_alike_host(
         lookalike: str, empty_target: Any, tmp_path: Path, servers: list[HostileServer],
@@ -281,7 +277,6 @@ def _token_realm(seen: Any) -> Reply:
 # --------------------------------------------------------------------------- 3. token realms
 
 
-@issue11("Basic credentials go to a token realm over plain http from a TLS registry")
 @pytest.mark.parametrize("realm_at", ["another port", "the registry's own port"])
 def test_basic_credentials_never_go_to_a_plain_http_realm(
         realm_at: str, certs: dict[str, Path], empty_target: Any, tmp_path: Path, servers: list[HostileServer],
@@ -382,7 +377,10 @@ def test_acr_refresh_token_goes_only_to_its_acr_host(
         figures.record("trust", tried=1)
         proc = run_cli(["sync", "--image", f"{front.host}/app/x:1", "--config", str(config)], env=env, timeout=120)
         print(proc.output)
-        assert issued, f"no refresh token was issued: nothing was tested\n{proc.output}"
+        # either a refresh token was issued (and must not travel), or acr-mirror refused the realm before
+        # even exchanging (nothing to leak), saying why: either way the case was exercised
+        refused = "a refresh token goes only to the registry it was issued for" in proc.output
+        assert issued or refused, f"no refresh token was issued and nothing refused: nothing was tested\n{proc.output}"
         leaked = [s for s in realm.seen if any(s.carries(t) for t in issued) or "refresh_token" in s.form]
         assert leaked == [], f"the ACR refresh token issued for {front.host} went to localhost:{realm.port}"
         assert realm.carrying(aad) == []
@@ -506,7 +504,6 @@ def test_tag_list_next_link_on_plain_http_drops_the_credentials(
 # --------------------------------------------------------------------------- 5. plain-HTTP endpoints
 
 
-@issue11("endpoint: http://... sends credentials in clear without insecure: true")
 def test_plain_http_endpoint_without_insecure_sends_no_credentials(
         empty_target: Any, tmp_path: Path, servers: list[HostileServer], monkeypatch: pytest.MonkeyPatch,
         figures: Any):
@@ -527,7 +524,6 @@ def test_plain_http_endpoint_without_insecure_sends_no_credentials(
     figures.record("trust", handled=1)
 
 
-@issue11("endpoint: http://... sends the Entra ID access token in clear without insecure: true")
 def test_plain_http_endpoint_without_insecure_sends_no_entra_id_token(
         empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
     from tests.support.cliproc import clean_env, run_cli
@@ -731,7 +727,6 @@ def test_audit_escapes_cluster_event_text(tmp_path: Path, figures: Any):
     figures.record("trust", handled=1)
 
 
-@issue11("an endpoint URL with user:pass@ is echoed into stderr and the JSON report")
 def test_endpoint_userinfo_never_shown(empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
     secret = "Us3rinfo-Passw0rd-in-endpoint"
     refusing = HostileServer(lambda seen: Reply.error(403, "DENIED", "go away")).start()
@@ -754,7 +749,6 @@ def test_endpoint_userinfo_never_shown(empty_target: Any, tmp_path: Path, server
 PAGE_GUARD = 2_500  # the test's own stop: a client that is still paging here never stops by itself
 
 
-@issue11("tag-list pagination is followed forever")
 def test_tag_list_pagination_stops_by_itself(
         empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
     """Every page of the tag list links to a next one (signatures are looked for in the tag list)."""
@@ -791,7 +785,6 @@ def _huge_json(prefix: bytes, suffix: bytes) -> Any:
     yield suffix
 
 
-@issue11("bodies from a registry are read whole (referrers, tag lists, error bodies)")
 @pytest.mark.parametrize("where", ["referrers", "tag list", "error body"])
 def test_bodies_from_a_registry_are_capped(
         where: str, empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
@@ -826,7 +819,6 @@ def test_bodies_from_a_registry_are_capped(
     figures.record("trust", handled=1)
 
 
-@issue11("index nesting depth is not capped (RecursionError)")
 def test_index_nesting_depth_is_capped(empty_target: Any, tmp_path: Path, servers: list[HostileServer], figures: Any):
     from tests.support.cliproc import clean_env, run_cli
 
@@ -1004,7 +996,6 @@ def _schema1(layers: dict[str, bytes]) -> bytes:
                        "history": [{"v1Compatibility": "{}"} for _ in layers]}, indent=3).encode()
 
 
-@issue11("a blob without a known size, sent chunked, fails with 'bad Content-Length' and is retried")
 def test_blob_of_unknown_size_sent_chunked_is_copied_once(tmp_path: Path, servers: list[HostileServer], figures: Any):
     source, target = FakeRegistry().start(), FakeRegistry().start()
     servers += [source, target]
@@ -1040,7 +1031,6 @@ def _drip(data: bytes, every: float) -> Any:
 
 
 @pytest.mark.slow
-@issue11("no overall deadline: a source that drips a layer slowly holds a worker forever")
 def test_a_dripping_source_is_given_up_on(empty_target: Any, tmp_path: Path, servers: list[HostileServer],
                                          figures: Any):
     """A 1 MiB layer sent at 4 bytes a second (never idle long enough for a read timeout). With

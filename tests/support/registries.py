@@ -203,6 +203,7 @@ class TokenServer:
         anonymous: Collection[str] = (),
         issuer: str = "acr-mirror-test-token-server",
         ttl: int = 300,
+        short_lived: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.users: dict[str, str] = dict(users or {})
@@ -210,6 +211,9 @@ class TokenServer:
         self.anonymous = set(anonymous)
         self.issuer = issuer
         self.ttl = ttl
+        # distribution accepts a token up to 60 s past its exp (clock-skew leeway): a short-lived
+        # server backdates exp by that much, so a token really stops working `ttl` s after issue
+        self.exp_shift = -60 if short_lived else 0
         self.requests: collections.Counter[str] = collections.Counter()
         self.log: list[TokenRequest] = []
         self._lock = threading.Lock()
@@ -287,8 +291,8 @@ class TokenServer:
                 "iss": self.issuer,
                 "sub": subject or "",
                 "aud": service,
-                "exp": now + self.ttl,
-                "nbf": now - 10,
+                "exp": now + self.ttl + self.exp_shift,
+                "nbf": now - 10 + min(self.exp_shift, 0),
                 "iat": now,
                 "jti": uuid.uuid4().hex,
                 "access": self.grant(subject, scopes),
@@ -593,6 +597,17 @@ class Registry:
     @property
     def credentials(self) -> tuple[str, str] | None:
         return (self.username, self.password) if self.username and self.password else None
+
+    @property
+    def token_host(self) -> str | None:
+        """host:port of the token realm when token auth is served on another port (plain HTTP:
+        a config must mark it insecure as well, or no credentials go there)."""
+        return self.token_url.split("/")[2] if self.token_url else None
+
+    @property
+    def hosts(self) -> list[str]:
+        """Every host this registry's clients talk to: itself and its token realm."""
+        return [self.host, *([self.token_host] if self.token_host else [])]
 
     @property
     def cert_dir(self) -> Path | None:

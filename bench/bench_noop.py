@@ -1,0 +1,88 @@
+"""No-op re-sync of 1,000 images (issue 12 goal: under 3 s here).
+
+Seeds 1,000 small images in 100 repositories (the load test's generator), copies them once, then
+times `RegistryEngine.copy_all` over all 1,000 again in a fresh process: every image is already
+in the target, so the run costs each image its HEADs and nothing else. Best of --repeat.
+Usage: python bench/bench_noop.py [--images 1000] [--repeat 3] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "manifests-rewriter")]
+
+import httpx  # noqa: E402
+
+from tests.reliability.test_load import REPOSITORIES, _push_image  # noqa: E402
+from tests.support.registries import start_registry  # noqa: E402
+
+GOAL_SECONDS = 3.0
+
+
+def worker(spec: dict) -> None:
+    from manifests_rewriter.model import Mapping
+    from manifests_rewriter.reference import parse
+    from mirror.engines.registry import RegistryEngine
+    from mirror.registry.credentials import fixed_keychain
+    from mirror.settings import CopySettings, MirrorSettings, RegistrySettings
+
+    hosts = {h: RegistrySettings(insecure=True) for h in (spec["source"], spec["target"])}
+    settings = MirrorSettings(registries=hosts, copy=CopySettings(concurrency=spec["concurrency"]))
+    mappings = [Mapping(parse(f"{spec['source']}/{r}"), parse(f"{spec['target']}/{r}")) for r in spec["refs"]]
+    with RegistryEngine(settings, keychain=fixed_keychain(lambda host: None)) as engine:
+        start = time.perf_counter()
+        results = engine.copy_all(mappings)
+        seconds = time.perf_counter() - start
+        requests = {h: sum(engine.client(h).requests.values()) for h in (spec["source"], spec["target"])}
+    print(json.dumps({"seconds": seconds, "statuses": sorted({r.status for r in results}), "requests": requests}))
+
+
+def run(spec: dict) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--worker")
+    args = parser.parse_args()
+    if args.worker:
+        worker(json.loads(args.worker))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        source, target = start_registry(Path(tmp) / "source"), start_registry(Path(tmp) / "target")
+        try:
+            with httpx.Client(timeout=60) as client, ThreadPoolExecutor(16) as pool:
+                list(pool.map(lambda n: _push_image(client, source.url, n), range(min(REPOSITORIES, args.images))))
+                refs = [ref for ref, _ in pool.map(lambda n: _push_image(client, source.url, n), range(args.images))]
+            spec = {"source": source.host, "target": target.host, "refs": refs, "concurrency": args.concurrency}
+            first = run(spec)
+            assert first["statuses"] == ["copied"], first
+            runs = [run(spec) for _ in range(args.repeat)]
+        finally:
+            source.stop()
+            target.stop()
+    best = min(r["seconds"] for r in runs)
+    all_runs = ", ".join(f"{r['seconds']:.2f}" for r in runs)
+    print(f"no-op re-sync of {args.images:,} images (concurrency {args.concurrency}): best {best:.2f} s "
+          f"of {all_runs}; {sum(runs[0]['requests'].values()):,} requests; statuses {runs[0]['statuses']}")
+    ok = best < GOAL_SECONDS and runs[0]["statuses"] == ["present"]
+    print(f"{'ok  ' if ok else 'MISS'} no-op re-sync of {args.images:,} images < {GOAL_SECONDS:.0f} s: {best:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
