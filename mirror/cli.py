@@ -169,6 +169,35 @@ def sync(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...
     _exit(exits.exit_code(run))
 
 
+@main.command("cache-rules", epilog=EXIT_CODES_HELP)
+@click.argument("paths", nargs=-1, type=click.Path())
+@cluster_options
+@config_option
+@click.option("--image", "images", multiple=True, help="Also cover this image (repeatable).")
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="Cover this plan's images (no re-scan).")
+@click.option("--dry-run", is_flag=True, help="Read the existing rules; create and pull nothing.")
+@click.option("--pull/--no-pull", default=True, show_default=True,
+              help="Pull each image once through the cache and compare its digest with the source's.")
+@guarded
+def cache_rules(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...], plan_path: str | None,
+                dry_run: bool, pull: bool, **kwargs: Any) -> None:
+    """ACR cache rules instead of copies: one rule per upstream registry (and the credential set
+    it needs) so the target names pull through; then `rewrite` needs no copy. Exit 1 if an image
+    cannot be served by the cache (copy those with sync)."""
+    require_paths(paths)
+    context = _open(config_path, _cluster(kwargs))
+    if plan_path:
+        if paths or images:
+            raise UsageError("--plan covers the plan as reviewed: give no PATH or --image with it")
+        the_plan, found = Plan.load(plan_path), None
+    else:
+        planned = pipeline.build_plan(context, paths, images)
+        the_plan, found = planned.plan, planned.scan
+    run = pipeline.cache_rules(context, the_plan, dry_run=dry_run, pull=pull, found=found)
+    terminal.cache_rule_run(run)
+    _exit(exits.exit_code(run))
+
+
 @_command
 @click.argument("paths", nargs=-1, type=click.Path())
 @config_option

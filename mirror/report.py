@@ -127,7 +127,8 @@ def sync_report(path: str, run: SyncRun) -> None:
     if path.endswith(".md"):
         write_output(path, markdown_summary(images, [], []))
     else:
-        write_output(path, json.dumps({"images": images}, indent=2) + "\n")
+        write_output(path, json.dumps({"images": images, "pacing": [f.as_json() for f in run.pacing]},
+                                      indent=2) + "\n")
 
 
 def migration_report(path: str, run: MigrationRun) -> None:

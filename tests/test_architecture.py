@@ -22,6 +22,7 @@ OWNERS = {
     "azure.identity": {"mirror.azure.identity"},
     "azure.containerregistry": {"mirror.azure.acr_lock"},
     "azure.mgmt.resource.policy": {"mirror.azure.policy"},
+    "azure.mgmt.containerregistry": {"mirror.azure.arm"},
     "tenacity": {"mirror.retry"},
     "rich": {"mirror.terminal"},
     "click": {"mirror.cli", "mirror.terminal", "manifests_rewriter.cli"},

@@ -211,26 +211,29 @@ def _errors(result: Result) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.startswith("error:")]
 
 
-@pytest.mark.parametrize("command", list(COMMANDS))
+USAGE_CHECKED = {**COMMANDS, "cache-rules": (cli.main, ["cache-rules", "--dry-run"])}  # checked before ARM
+
+
+@pytest.mark.parametrize("command", list(USAGE_CHECKED))
 def test_a_path_that_does_not_exist_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       command: str) -> None:
     monkeypatch.chdir(tmp_path)
     _config(tmp_path, REGEX)
     (tmp_path / "pod.yaml").write_text(POD.format(image="nginx:1.27"))
-    main, args = COMMANDS[command]
+    main, args = USAGE_CHECKED[command]
     result = run([*args, "pod.yaml", "typo.yaml"], main=main)
     assert result.exit_code == 2, result.output
     assert _errors(result) == ["error: typo.yaml: no such file or directory"]
     assert (tmp_path / "pod.yaml").read_text() == POD.format(image="nginx:1.27")  # nothing done
 
 
-@pytest.mark.parametrize("command", [*COMMANDS, "policy lint"])
+@pytest.mark.parametrize("command", [*USAGE_CHECKED, "policy lint"])
 def test_a_naming_the_regex_refuses_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       command: str) -> None:
     monkeypatch.chdir(tmp_path)
     _config(tmp_path, r"^crazureblue\.azurecr\.io/mirror/")  # the default naming puts images elsewhere
     (tmp_path / "pod.yaml").write_text(POD.format(image="nginx:1.27"))
-    main, args = COMMANDS.get(command, (cli.main, ["policy", "lint"]))
+    main, args = USAGE_CHECKED.get(command, (cli.main, ["policy", "lint"]))
     result = run([*args, *([] if command == "policy lint" else ["pod.yaml"])], main=main)
     assert result.exit_code == 2, result.output
     [error] = _errors(result)
@@ -275,7 +278,7 @@ def test_rewrite_git_list_that_cannot_be_read_is_a_usage_error(tmp_path: Path) -
 
 
 @pytest.mark.parametrize("args", [[], ["scan"], ["plan"], ["sync"], ["rewrite"], ["migrate"], ["policy", "lint"],
-                                  ["audit"], ["hook"]])
+                                  ["audit"], ["cache-rules"], ["hook"]])
 def test_help_points_to_the_exit_code_table(args: list[str]) -> None:
     main, args = (hook_cli.main, []) if args == ["hook"] else (cli.main, args)
     result = run([*args, "--help"], main=main)

@@ -8,9 +8,10 @@ service-principal `AZURE_*` environment variables; tests and callers may pass an
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..registry.errors import CredentialError
+from ..settings import AZURE_CLOUDS, AzureSettings
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -71,3 +72,17 @@ class EntraIdTokenProvider:
 
 def default_entra_id() -> EntraIdTokenProvider:
     return EntraIdTokenProvider()
+
+
+def arm_client_kwargs(settings: AzureSettings) -> dict[str, Any]:
+    """Keyword arguments pointing an azure-mgmt client at the configured ARM."""
+    if settings.arm_endpoint:
+        endpoint = settings.arm_endpoint.rstrip("/")
+        kwargs: dict[str, Any] = {"base_url": endpoint,
+                                  "credential_scopes": [settings.arm_scope or f"{endpoint}/.default"]}
+        if settings.ca_file:
+            kwargs["connection_verify"] = settings.ca_file
+        return kwargs
+    from azure.core import AzureClouds
+
+    return {"cloud_setting": getattr(AzureClouds, AZURE_CLOUDS[settings.cloud])}

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from manifests_rewriter.policy import Policy
 
-from ..settings import AZURE_CLOUDS, AzureSettings
+from ..settings import AzureSettings
 from .assignments import DEFINITION_NAME, Documents, PolicySourceError, plain, policy_from_documents
 
 if TYPE_CHECKING:
@@ -54,32 +54,18 @@ def parse_scope(scope: str) -> dict[str, str]:
     return parts
 
 
-def client_kwargs(settings: AzureSettings) -> dict[str, Any]:
-    """Keyword arguments pointing an azure-mgmt client at the configured ARM."""
-    if settings.arm_endpoint:
-        endpoint = settings.arm_endpoint.rstrip("/")
-        kwargs: dict[str, Any] = {"base_url": endpoint,
-                                  "credential_scopes": [settings.arm_scope or f"{endpoint}/.default"]}
-        if settings.ca_file:
-            kwargs["connection_verify"] = settings.ca_file
-        return kwargs
-    from azure.core import AzureClouds
-
-    return {"cloud_setting": getattr(AzureClouds, AZURE_CLOUDS[settings.cloud])}
-
-
 class ArmPolicyReader:
     """The policy resources at one scope, through PolicyClient."""
 
     def __init__(self, scope: str, settings: AzureSettings, credential: TokenCredential | None = None) -> None:
         from azure.mgmt.resource.policy import PolicyClient
 
-        from .identity import default_credential
+        from .identity import arm_client_kwargs, default_credential
 
         self.parts = parse_scope(scope)
         self.scope = self.parts["scope"]
         self.client = PolicyClient(credential or default_credential(settings.cloud), self.parts["sub"],
-                                   **client_kwargs(settings))
+                                   **arm_client_kwargs(settings))
 
     def assignments(self) -> list[dict[str, Any]]:
         """At the scope, inherited from above it, and assigned below it (ARM's unfiltered list)."""
