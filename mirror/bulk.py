@@ -377,10 +377,12 @@ def _identity(git: _Git) -> list[str]:
 def _notes(result: RewriteResult, untracked: Sequence[str]) -> list[str]:
     notes = []
     if result.errors:
-        notes.append(f"{len(result.errors)} file(s) not rewritten ({redact(str(result.errors[0]))}"
+        notes.append(f"{len(result.errors)} file{'s' * (len(result.errors) != 1)} not rewritten "
+                     f"({redact(str(result.errors[0]))}"
                      f"{', ...' if len(result.errors) > 1 else ''})")
     if result.skipped:
-        notes.append(f"{len(result.skipped)} reference(s) left as written ({redact(str(result.skipped[0]))}"
+        notes.append(f"{len(result.skipped)} reference{'s' * (len(result.skipped) != 1)} left as written "
+                     f"({redact(str(result.skipped[0]))}"
                      f"{', ...' if len(result.skipped) > 1 else ''})")
     if untracked:
         notes.append(f"not tracked by git, put back unchanged: {', '.join(untracked)}")
@@ -517,7 +519,8 @@ def _preview(repo: Path, git: _Git, rewrite_repo: Callable[..., RewriteResult], 
     if not files:
         return RepoOutcome(name, "unchanged", reason="; ".join(notes) or None)
     images = sum(len(f.changes) for _, f in files)
-    notes.insert(0, f"dry run: would commit {len(files)} file(s) on {branch}" + (f" and push to {remote}" if push else ""))
+    notes.insert(0, f"dry run: would commit {len(files)} file{'s' * (len(files) != 1)} on {branch}"
+                 + (f" and push to {remote}" if push else ""))
     return RepoOutcome(name, "changed", branch=branch, files=len(files), images=images, reason="; ".join(notes))
 
 

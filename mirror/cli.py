@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from manifests_rewriter.cli import guarded
+from manifests_rewriter.cli import EXIT_CODES_HELP, guarded, require_paths
 from manifests_rewriter.errors import EXIT_USAGE, UsageError
 
 from . import __version__, exits, pipeline, report, terminal
@@ -54,11 +54,17 @@ def _cluster(kwargs: dict[str, Any]) -> ClusterOptions:
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False),
                              help="Config file (default: ./acr-mirror.yaml, else $ACR_MIRROR_CONFIG).")
 engine_option = click.option("--engine", type=click.Choice(list(ENGINES)), help="Override copy.engine.")
+progress_option = click.option(
+    "--progress", "progress_mode", type=click.Choice(terminal.PROGRESS_MODES), default="auto", show_default=True,
+    help="Progress on stderr: tty (a live display: images, bytes, rate, ETA, waits), plain (lines), none; "
+         "auto is tty on a terminal and plain in CI or a pipe.")
 
 
-def _open(config_path: str | None, cluster: ClusterOptions | None = None, *, strict: bool = True) -> Context:
-    """The context, its notes printed; with `strict`, a naming the regex refuses stops here."""
-    context = open_context(config_path, cluster, progress=terminal.ProgressPrinter())
+def _open(config_path: str | None, cluster: ClusterOptions | None = None, *, strict: bool = True,
+          progress: terminal.ProgressDisplay | None = None) -> Context:
+    """The context, its notes printed; with `strict` (every command but `policy lint`, which
+    reports it), a naming the regex refuses is a usage error and stops here."""
+    context = open_context(config_path, cluster, progress=progress)
     terminal.setup(context, strict=strict)
     problems = naming_errors(context.policy, context.config)
     if strict and problems:
@@ -80,19 +86,24 @@ def _load_plan(path: str, context: Context, nothing_done: str) -> Plan:
     return the_plan
 
 
+def _command(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A subcommand whose --help ends with the exit codes."""
+    return main.command(epilog=EXIT_CODES_HELP)(func)
+
+
 def _exit(code: int) -> None:
     if code:
         sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="acr-mirror")
 def main() -> None:
     """Mirror container images into your registry and rewrite every reference to them."""
     terminal.route_logging()
 
 
-@main.command()
+@_command
 @click.argument("paths", nargs=-1, type=click.Path())
 @cluster_options
 @config_option
@@ -100,7 +111,8 @@ def main() -> None:
 @guarded
 def scan(paths: tuple[str, ...], config_path: str | None, fmt: str, **kwargs: Any) -> None:
     """Find image references the policy would refuse. Exit 1 if there are any."""
-    context = _open(config_path, _cluster(kwargs), strict=False)
+    require_paths(paths)
+    context = _open(config_path, _cluster(kwargs))
     result = pipeline.scan(context, paths)
     if fmt == "json":
         click.echo(report.scan_json(result))
@@ -111,7 +123,7 @@ def scan(paths: tuple[str, ...], config_path: str | None, fmt: str, **kwargs: An
     _exit(exits.exit_code(result))
 
 
-@main.command()
+@_command
 @click.argument("paths", nargs=-1, type=click.Path())
 @cluster_options
 @config_option
@@ -119,13 +131,16 @@ def scan(paths: tuple[str, ...], config_path: str | None, fmt: str, **kwargs: An
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the plan as JSON to this file.")
 @click.option("--resolve/--no-resolve", default=True, help="Ask the source registry for each digest and platform.")
+@progress_option
 @guarded
 def plan(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...], fmt: str, output: str | None,
-         resolve: bool, **kwargs: Any) -> None:
+         resolve: bool, progress_mode: str, **kwargs: Any) -> None:
     """Write the deterministic plan: source, digest, target, platforms, where found."""
+    require_paths(paths)
     report.check_output(output)
-    context = _open(config_path, _cluster(kwargs))
-    run = pipeline.build_plan(context, paths, images, resolve=resolve)
+    with terminal.progress_display(progress_mode) as progress:
+        context = _open(config_path, _cluster(kwargs), progress=progress)
+        run = pipeline.build_plan(context, paths, images, resolve=resolve)
     text = run.plan.to_json()
     if output:
         report.write_output(output, text)
@@ -133,7 +148,7 @@ def plan(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...
     _exit(exits.exit_code(run))
 
 
-@main.command()
+@_command
 @click.argument("paths", nargs=-1, type=click.Path())
 @cluster_options
 @config_option
@@ -144,30 +159,33 @@ def plan(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...
 @click.option("--dry-run", is_flag=True, help="Print the plan and whether each image is already there.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a JSON (or .md) report.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed image.")
+@progress_option
 @guarded
 def sync(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...], plan_path: str | None,
          shard: str | None, engine: str | None, dry_run: bool, report_path: str | None, fail_fast: bool,
-         **kwargs: Any) -> None:
+         progress_mode: str, **kwargs: Any) -> None:
     """Copy every refused image (or the plan's) into the target registry."""
+    require_paths(paths)
     report.check_output(report_path)
-    context = _open(config_path, _cluster(kwargs))
-    if plan_path:
-        if paths or images:
-            raise UsageError("--plan executes the plan as reviewed: give no PATH or --image with it")
-        the_plan, found = _load_plan(plan_path, context, "nothing was copied"), None
-    else:
-        planned = pipeline.build_plan(context, paths, images)
-        the_plan, found = planned.plan, planned.scan
-    if shard:
-        the_plan = the_plan.shard(*parse_shard(shard))
-    run = pipeline.sync(context, the_plan, engine=engine, dry_run=dry_run, fail_fast=fail_fast, found=found)
+    with terminal.progress_display(progress_mode) as progress:
+        context = _open(config_path, _cluster(kwargs), progress=progress)
+        if plan_path:
+            if paths or images:
+                raise UsageError("--plan executes the plan as reviewed: give no PATH or --image with it")
+            the_plan, found = _load_plan(plan_path, context, "nothing was copied"), None
+        else:
+            planned = pipeline.build_plan(context, paths, images)
+            the_plan, found = planned.plan, planned.scan
+        if shard:
+            the_plan = the_plan.shard(*parse_shard(shard))
+        run = pipeline.sync(context, the_plan, engine=engine, dry_run=dry_run, fail_fast=fail_fast, found=found)
     if report_path:
         report.sync_report(report_path, run)
     terminal.sync_run(run)
     _exit(exits.exit_code(run))
 
 
-@main.command("cache-rules")
+@main.command("cache-rules", epilog=EXIT_CODES_HELP)
 @click.argument("paths", nargs=-1, type=click.Path())
 @cluster_options
 @config_option
@@ -182,6 +200,7 @@ def cache_rules(paths: tuple[str, ...], config_path: str | None, images: tuple[s
     """ACR cache rules instead of copies: one rule per upstream registry (and the credential set
     it needs) so the target names pull through; then `rewrite` needs no copy. Exit 1 if an image
     cannot be served by the cache (copy those with sync)."""
+    require_paths(paths)
     context = _open(config_path, _cluster(kwargs))
     if plan_path:
         if paths or images:
@@ -195,7 +214,7 @@ def cache_rules(paths: tuple[str, ...], config_path: str | None, images: tuple[s
     _exit(exits.exit_code(run))
 
 
-@main.command()
+@_command
 @click.argument("paths", nargs=-1, type=click.Path())
 @config_option
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if a file would change.")
@@ -214,18 +233,24 @@ def cache_rules(paths: tuple[str, ...], config_path: str | None, images: tuple[s
 @click.option("--branch", default="acr-mirror/allowed-images", show_default=True, help="With --git: the new branch.")
 @click.option("--push", is_flag=True, help="With --git: push the branch to its remote.")
 @click.option("--remote", default="origin", show_default=True, help="With --git --push: the remote.")
+@progress_option
 @guarded
 def rewrite(paths: tuple[str, ...], config_path: str | None, check: bool, diff: bool, verify: bool,
             plan_path: str | None, pin_digests: bool, apply_patches_: bool, force: bool, git_repos: tuple[str, ...],
-            git_list: str | None, branch: str, push: bool, remote: str, **kwargs: Any) -> None:
+            git_list: str | None, branch: str, push: bool, remote: str, progress_mode: str, **kwargs: Any) -> None:
     """Rewrite refused image references in PATHs (in place), in git checkouts (--git, one branch
     and commit each), or with --cluster in live workloads."""
     cluster = _cluster(kwargs)
+    require_paths([*paths, *git_repos])
     repos = [Path(r) for r in git_repos]
     if git_list:
         from .bulk import read_repo_list
 
-        repos += read_repo_list(git_list)
+        try:
+            repos += read_repo_list(git_list)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a UTF-8 text file"
+            raise UsageError(f"--git-list {git_list}: cannot read it: {reason}") from None
     if repos and (paths or check or diff):
         raise UsageError("--git rewrites whole checkouts: give no PATH, --check or --diff with it")
     if not paths and not cluster.enabled and not repos:
@@ -234,48 +259,52 @@ def rewrite(paths: tuple[str, ...], config_path: str | None, check: bool, diff: 
         raise UsageError("--pin-digests needs --plan (the plan holds the digests)")
     if not verify and cluster.enabled:
         raise UsageError("--cluster never patches a workload to an unverified image: drop --no-verify")
-    context = _open(config_path, cluster)
-    pins: dict[str, str | None] = {}
-    if plan_path:  # a plan that cannot be read, or does not match the config, is an error even when nothing is pinned
-        the_plan = _load_plan(plan_path, context, "nothing was rewritten")
-        if pin_digests:
-            pins = {e.source: e.digest for e in the_plan.entries if e.digest}
-    if not verify:
-        terminal.err("warning: --no-verify: references are rewritten by name only, whether or not the image "
-                     "is in the target")
-    # the configured engine knows what its copies look like (and how to verify them)
-    engine = pipeline.engine_for(context) if verify else None
-    run = pipeline.RewriteRun(write=not (check or diff), check=check, diff=diff)
-    try:
-        resolver = Resolver(context.to_target, engine, expected=pins, pins=pins)
-        if paths:
-            run.files = pipeline.rewrite_files(context, paths, resolver, write=run.write)
-        if repos:
-            run.repos = pipeline.rewrite_repos(context, resolver, repos, branch=branch, push=push, remote=remote)
-        if cluster.enabled:
-            run.cluster = pipeline.patch_cluster(context, resolver, apply=apply_patches_, force=force)
-        run.unverified = resolver.unverified
-    finally:
-        if engine is not None:
-            engine.close()
+    with terminal.progress_display(progress_mode) as progress:
+        context = _open(config_path, cluster, progress=progress)
+        pins: dict[str, str | None] = {}
+        if plan_path:  # a plan that cannot be read, or does not match the config, is an error even unpinned
+            the_plan = _load_plan(plan_path, context, "nothing was rewritten")
+            if pin_digests:
+                pins = {e.source: e.digest for e in the_plan.entries if e.digest}
+        if not verify:
+            terminal.err("warning: --no-verify: references are rewritten by name only, whether or not the image "
+                         "is in the target")
+        # the configured engine knows what its copies look like (and how to verify them)
+        engine = pipeline.engine_for(context) if verify else None
+        run = pipeline.RewriteRun(write=not (check or diff), check=check, diff=diff)
+        try:
+            resolver = Resolver(context.to_target, engine, expected=pins, pins=pins)
+            if paths:
+                run.files = pipeline.rewrite_files(context, paths, resolver, write=run.write)
+            if repos:
+                run.repos = pipeline.rewrite_repos(context, resolver, repos, branch=branch, push=push, remote=remote)
+            if cluster.enabled:
+                run.cluster = pipeline.patch_cluster(context, resolver, apply=apply_patches_, force=force)
+            run.unverified = resolver.unverified
+        finally:
+            if engine is not None:
+                engine.close()
     terminal.rewrite_run(run)
     _exit(exits.exit_code(run))
 
 
-@main.command()
+@_command
 @click.argument("paths", nargs=-1, type=click.Path())
 @cluster_options
 @config_option
 @click.option("--dry-run", is_flag=True, help="Plan and show what would change; copy and write nothing.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a JSON (or .md) report.")
 @engine_option
+@progress_option
 @guarded
 def migrate(paths: tuple[str, ...], config_path: str | None, dry_run: bool, report_path: str | None,
-            engine: str | None, **kwargs: Any) -> None:
+            engine: str | None, progress_mode: str, **kwargs: Any) -> None:
     """sync, verify, rewrite, then check that nothing left would be refused."""
+    require_paths(paths)
     report.check_output(report_path)
-    context = _open(config_path, _cluster(kwargs))
-    run = pipeline.migrate(context, paths, dry_run=dry_run, engine=engine)
+    with terminal.progress_display(progress_mode) as progress:
+        context = _open(config_path, _cluster(kwargs), progress=progress)
+        run = pipeline.migrate(context, paths, dry_run=dry_run, engine=engine)
     terminal.errors(run.scan)
     if report_path:
         report.migration_report(report_path, run)
@@ -283,12 +312,12 @@ def migrate(paths: tuple[str, ...], config_path: str | None, dry_run: bool, repo
     _exit(exits.exit_code(run))
 
 
-@main.group()
+@main.group(epilog=EXIT_CODES_HELP)
 def policy() -> None:
     """Inspect the allow policy."""
 
 
-@policy.command("lint")
+@policy.command("lint", epilog=EXIT_CODES_HELP)
 @config_option
 @cluster_options
 @guarded
@@ -300,7 +329,7 @@ def policy_lint(config_path: str | None, **kwargs: Any) -> None:
     _exit(EXIT_USAGE if any(p.level == "error" for p in context.lint) else 0)
 
 
-@main.command()
+@_command
 @click.option("--cluster", is_flag=True, required=True, help="Audit the cluster (required).")
 @click.option("--kubeconfig", type=click.Path(dir_okay=False))
 @click.option("--context")

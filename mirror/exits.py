@@ -1,8 +1,11 @@
 """Exit codes from results: the one place that says which outcome fails a command.
 
-The table (manifests_rewriter.errors): 0 ok; 1 findings, failed images, unreadable files,
-references left unrewritten for a failure, changes under --check; 2 usage or configuration
-error (raised, never returned from here); 123 internal error.
+The table (manifests_rewriter.errors, README.md "Exit codes"): 0 ok; 1 findings, failed
+images, unreadable files, references left unrewritten for a failure, changes under --check;
+2 usage or configuration error (raised, never returned from here: a bad option, a PATH that
+does not exist, a naming the regex refuses); 123 internal error. The same outcome gives the
+same code in every command: an unreadable file fails scan, plan, sync, rewrite (PATH or
+--git) and migrate alike.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ def _(run: PlanRun) -> int:
 
 @exit_code.register
 def _(run: SyncRun) -> int:
-    return _code(bool(run.lock_failures or any(c.status == "failed" for c in run.copies)))
+    failed = any(c.status == "failed" for c in run.copies)
+    return _code(failed or bool(run.lock_failures or run.scan.errors))
 
 
 @exit_code.register
@@ -48,6 +52,7 @@ def _(run: RewriteRun) -> int:
     if run.repos is not None:
         failed = failed or any(o.status == "failed" or (run.repos.push and o.status == "changed" and not o.pushed)
                                for o in run.repos.outcomes)
+        failed = failed or any(r.errors for r in run.repos.results.values())  # as files in PATHs would
     if run.cluster is not None:
         failed = failed or bool(run.cluster.errors) or any(r.status == "failed" for r in run.cluster.results)
     return _code(failed)

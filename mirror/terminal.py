@@ -12,17 +12,26 @@ bytes, for `patch` or a reviewer.
 from __future__ import annotations
 
 import logging
+import math
+import os
 import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
 
 import click
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
 
 from manifests_rewriter.files import printable
 from manifests_rewriter.model import Finding
 from manifests_rewriter.output import rewrite_lines
+from manifests_rewriter.policy import quoted
 from manifests_rewriter.rewrite import RewriteResult
 from manifests_rewriter.scan import ScanResult
 
@@ -99,18 +108,18 @@ def finding_line(f: Finding) -> str:
 def scan_table(result: ScanResult) -> None:
     screen = console()
     if result.findings:
-        screen.print(f"{len(result.findings)} image references the policy would refuse:", style="bold")
+        screen.print(f"{plural(len(result.findings), 'image reference')} the policy would refuse:", style="bold")
         for f in result.findings:
             screen.print("  " + finding_line(f), markup=False)
     if result.warnings:
-        screen.print(f"{len(result.warnings)} images outside pod specs (refused later, when an operator creates "
-                     f"the pod):", style="bold")
+        screen.print(f"{plural(len(result.warnings), 'image')} outside pod specs (refused later, when an operator "
+                     f"creates the pod):", style="bold")
         for w in result.warnings:
             screen.print(printable(f"  {w.location()}: {w.image}: {w.reason}"), markup=False)
     for error in result.errors:
         screen.print(f"error: {error}", markup=False, style="red")
-    screen.print(f"{result.files} files scanned: {len(result.findings)} findings, "
-                 f"{len(result.warnings)} warnings, {len(result.errors)} errors.")
+    screen.print(f"{plural(result.files, 'file')} scanned: {plural(len(result.findings), 'finding')}, "
+                 f"{plural(len(result.warnings), 'warning')}, {plural(len(result.errors), 'error')}.")
 
 
 def errors(result: ScanResult) -> None:
@@ -123,7 +132,7 @@ def plan_run(run: PlanRun, *, fmt: str, output: str | None, text: str) -> None:
     for warning in run.warnings:
         err(f"warning: {warning}")
     if output:
-        err(f"wrote {output}: {len(run.plan.entries)} images")
+        err(f"wrote {output}: {plural(len(run.plan.entries), 'image')}")
     if fmt == "json" and not output:
         click.echo(text, nl=False)
     elif fmt == "table":
@@ -146,9 +155,9 @@ def copies_summary(copies: list[CopyResult], *, notes: bool = True) -> None:
         counts[r.status] = counts.get(r.status, 0) + 1
     moved = sum(r.bytes_moved or 0 for r in copies)
     parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    err(f"{len(copies)} images: {parts or 'nothing to do'}; {human_size(moved)} moved.")
+    err(f"{plural(len(copies), 'image')}: {parts or 'nothing to do'}; {human_size(moved)} moved.")
     failed: dict[str, list[CopyResult]] = {}
-    for r in copies:
+    for r in copies:  # registry messages are remote text: escaped (err)
         if r.status == "failed":
             failed.setdefault(r.error or "failed", []).append(r)
         elif r.note and notes:
@@ -242,7 +251,7 @@ def rewrite_run(run: RewriteRun) -> None:
         for outcome in run.cluster.results:
             err(str(outcome))
         mode = "patched" if run.cluster.applied else "server-side dry run (add --apply to patch)"
-        err(f"{len(run.cluster.results)} workloads: {mode}.")
+        err(f"{plural(len(run.cluster.results), 'workload')}: {mode}.")
 
 
 # -- migrate -------------------------------------------------------------------------------------
@@ -255,7 +264,7 @@ def migration(run: MigrationRun) -> None:
         if r.status == "failed":
             err(f"failed: {r.source} -> {r.target}: {r.error}")
     pacing(run.pacing, run.notes)
-    err(f"check: {len(run.remaining)} references would still be refused"
+    err(f"check: {plural(len(run.remaining), 'reference')} would still be refused"
         + ("" if run.remaining else " - ready to enforce"))
     for failure in run.lock_failures:
         err(f"failed: {failure}")
@@ -268,46 +277,311 @@ def audit_items(items: Sequence[object]) -> None:
     """`audit`: one line per refusal; event messages and constraint text come from the cluster."""
     for item in items:
         out(str(item))
-    err(f"{len(items)} refusals or stuck workloads.")
+    err(f"{plural(len(items), 'refusal or stuck workload', 'refusals or stuck workloads')}.")
 
 
 def policy_ok(context: Context) -> None:
-    out(f"policy ok: imageRegex {context.policy.image_regex} ({context.policy.origin})")  # may come from a cluster
+    out(f"policy ok: imageRegex {quoted(context.policy.image_regex)} ({context.policy.origin})")  # may come from a cluster
 
 
 # -- progress ------------------------------------------------------------------------------------
+#
+# The events are described once, in mirror.engines.base.Progress. A display counts them under one
+# lock (a few additions per event; streams report every 256 KiB, not per chunk) and draws apart:
+# on a terminal, rich redraws the live area from its own thread (LiveProgress); elsewhere, lines
+# (PlainProgress). Every text from a manifest, a registry or a daemon goes through `printable`.
+
+PROGRESS_MODES = ("auto", "tty", "plain", "none")
+HEARTBEAT = 30.0  # seconds between summary lines in plain mode (CI logs see the run is alive)
+SHOWN_IN_FLIGHT = 8  # images drawn in the live area; the rest are counted
 
 
-class ProgressPrinter:
-    """Engine and pipeline events as lines on stderr: one per finished image (coloured with
-    rich on a terminal), and the scan summary of a migration."""
+def progress_mode(mode: str, *, isatty: bool | None = None, env: Mapping[str, str] | None = None) -> str:
+    """--progress auto: "tty" on a terminal (stderr) outside CI, else "plain"."""
+    if mode != "auto":
+        return mode
+    env = os.environ if env is None else env
+    terminal = sys.stderr.isatty() if isatty is None else isatty
+    ci = env.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+    return "tty" if terminal and not ci and env.get("TERM") != "dumb" else "plain"
 
-    def __init__(self, is_terminal: bool | None = None) -> None:
+
+def progress_display(mode: str) -> ProgressDisplay:
+    resolved = progress_mode(mode)
+    if resolved == "tty":
+        return LiveProgress(Console(stderr=True, force_terminal=True, highlight=False))
+    if resolved == "plain":
+        return PlainProgress()
+    return ProgressDisplay()
+
+
+def duration(seconds: float) -> str:
+    """0:07, 1:20, 1:02:03."""
+    whole = max(0, round(seconds))
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+@dataclass
+class _Image:
+    source: str
+    target: str
+    total: int = 0  # bytes of blobs it needs ("size" events); 0: not told
+    done: int = 0  # of those, moved or found in place
+    moved: int = 0  # bytes it moved
+    blobs: dict[str, int] = field(default_factory=dict)  # digest -> bytes of its current transfer
+    sizes: dict[str, int] = field(default_factory=dict)  # digest -> size announced by "transfer"
+
+    @property
+    def expected(self) -> int:
+        return self.total or sum(self.sizes.values())
+
+
+@dataclass(frozen=True)
+class ProgressView:
+    """One consistent reading of the counts, for drawing."""
+
+    images: int | None
+    finished: dict[str, int]
+    moved: int
+    rate: float | None  # bytes per second since the first image started
+    eta: float | None  # seconds, when sizes are known
+    in_flight: list[_Image]
+    waits: list[tuple[str, str, float]]  # host, cause, seconds left
+
+    @property
+    def done(self) -> int:
+        return sum(self.finished.values())
+
+    def summary(self) -> str:
+        parts = []
+        if self.images is not None:
+            parts.append(f"{self.done}/{plural(self.images, 'image')}")
+        if self.finished.get("failed"):
+            parts.append(f"{self.finished['failed']} failed")
+        parts.append(f"{human_size(self.moved)} moved")
+        if self.rate:
+            parts.append(f"{human_size(int(self.rate))}/s")
+        if self.eta is not None:
+            parts.append(f"ETA {duration(self.eta)}")
+        return " · ".join(parts)
+
+
+class ProgressDisplay:
+    """Counts the progress events; shows nothing (`--progress none`). Subclasses draw."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self._lock = threading.Lock()
-        terminal = sys.stderr.isatty() if is_terminal is None else is_terminal
-        self._console = Console(stderr=True, highlight=False) if terminal else None
+        self._images: int | None = None
+        self._finished: dict[str, int] = {}
+        self._moved = 0
+        self._started_at: float | None = None
+        self._in_flight: dict[str, _Image] = {}
+        self._started = 0
+        self._sized: set[str] = set()  # images told their size; without any, no ETA
+        self._sized_bytes = 0  # what they need, for an estimate of the others
+        self._waits: dict[str, tuple[str, float]] = {}  # host -> (cause, until)
 
     def __call__(self, event: str, info: Mapping[str, Any], /) -> None:
-        if event == "scanned":
-            self._print(f"scan: {info['findings']} refused references, {info['images']} distinct images, "
-                        f"{info['warnings']} warnings, {info['errors']} unreadable files")
-        elif event == "done":
-            status = str(info.get("status", ""))
-            # not "status:" - the final summary owns the one "failed: ..." line per image
-            line = f"{status:>8} {info.get('source', '')} -> {info.get('target', '')}"
-            if info.get("bytes_moved"):
-                line += f" ({human_size(int(info['bytes_moved']))})"
-            if info.get("error"):
-                line += f": {info['error']}"
-            self._print(line, _STYLE.get(status))
-
-    def _print(self, line: str, style: str | None = None) -> None:
-        line = printable(line)  # registry error text is remote input
         with self._lock:
-            if self._console is not None:
-                self._console.print(line, style=style, markup=False)
-            else:
-                print(line, file=sys.stderr, flush=True)
+            lines = self._count(event, info, self.clock())
+        self.show(event, lines)
+
+    def close(self) -> None:
+        """The run is over: stop drawing (the summary comes next)."""
+
+    def __enter__(self) -> ProgressDisplay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- counting ------------------------------------------------------------------------------
+
+    def _count(self, event: str, info: Mapping[str, Any], now: float) -> list[str]:
+        """Update the counts; returns the lines the event itself prints (finished images, notes)."""
+        source = str(info.get("source", ""))
+        image = self._in_flight.get(source)
+        if event == "images":
+            self._images = (self._images or 0) + int(info.get("count") or 0)
+        elif event == "start":
+            self._in_flight[source] = _Image(source, str(info.get("target", "")))
+            self._started += 1
+            if self._started_at is None:
+                self._started_at = now
+        elif event == "size" and image is not None:
+            image.total += int(info.get("bytes") or 0)
+            self._sized_bytes += int(info.get("bytes") or 0)
+            self._sized.add(source)
+        elif event == "transfer" and image is not None:
+            digest = str(info.get("digest"))
+            image.done -= image.blobs.get(digest, 0)  # a retried transfer starts again
+            image.blobs[digest] = 0
+            if info.get("size"):
+                image.sizes[digest] = int(info["size"])
+        elif event == "bytes":
+            n = int(info.get("n") or 0)
+            self._moved += n
+            if image is not None:
+                digest = str(info.get("digest"))
+                image.blobs[digest] = image.blobs.get(digest, 0) + n
+                image.done += n
+                image.moved += n
+        elif event == "blob" and image is not None:
+            size = int(info.get("size") or 0)
+            if info.get("outcome") == "copied":  # what "bytes" events did not count (or none were sent)
+                missing = max(0, size - image.blobs.pop(str(info.get("digest")), 0))
+                image.done += missing
+                image.moved += missing
+                self._moved += missing
+            else:  # mounted or skipped: in place without moving
+                image.done += size
+        elif event == "done":
+            self._in_flight.pop(source, None)
+            status = str(info.get("status", ""))
+            self._finished[status] = self._finished.get(status, 0) + 1
+            if (image is None or not image.moved) and info.get("bytes_moved"):
+                self._moved += int(info["bytes_moved"])  # an engine that sent no byte counts
+            return [self._done_line(info)]
+        elif event == "waiting":
+            self._waits[str(info.get("host", ""))] = (str(info.get("cause", "")),
+                                                      now + float(info.get("delay") or 0))
+        elif event == "note":
+            return [str(info.get("text", ""))]
+        elif event == "scanned":
+            return [f"scan: {plural(info['findings'], 'refused reference')}, "
+                    f"{plural(info['images'], 'distinct image')}, {plural(info['warnings'], 'warning')}, "
+                    f"{plural(info['errors'], 'unreadable file')}"]
+        return []
+
+    @staticmethod
+    def _done_line(info: Mapping[str, Any]) -> str:
+        status = str(info.get("status", ""))
+        # not "status:" - the final summary owns the one "failed: ..." line per image
+        line = f"{status:>8} {info.get('source', '')} -> {info.get('target', '')}"
+        if info.get("bytes_moved"):
+            line += f" ({human_size(int(info['bytes_moved']))})"
+        if info.get("error"):
+            line += f": {info['error']}"
+        return line
+
+    def view(self) -> ProgressView:
+        with self._lock:
+            now = self.clock()
+            elapsed = now - self._started_at if self._started_at is not None else 0.0
+            rate = self._moved / elapsed if elapsed > 0 and self._moved else None
+            eta = None
+            if rate and self._sized and self._images is not None:
+                # images not told their size yet are estimated at the average of those that were
+                average = self._sized_bytes / len(self._sized)
+                left = sum(max(0, i.total - i.done) if i.source in self._sized else average
+                           for i in self._in_flight.values())
+                eta = (left + max(0, self._images - self._started) * average) / rate
+            self._waits = {h: w for h, w in self._waits.items() if w[1] > now}
+            in_flight = [_Image(i.source, i.target, i.total, i.done, i.moved, {}, dict(i.sizes))
+                         for i in self._in_flight.values()]
+            waits = [(host, cause, until - now) for host, (cause, until) in sorted(self._waits.items())]
+            return ProgressView(self._images, dict(self._finished), self._moved, rate, eta, in_flight, waits)
+
+    # -- showing ---------------------------------------------------------------------------------
+
+    def show(self, event: str, lines: list[str]) -> None:
+        """Called after each event, outside the lock, with the lines it printed."""
+
+
+def _style_of(line: str) -> str | None:
+    words = line.split(maxsplit=1)
+    return _STYLE.get(words[0]) if words else None
+
+
+def waiting_line(host: str, cause: str, left: float) -> str:
+    return printable(f"waiting: retrying {host}: {cause}, {math.ceil(max(0.0, left))} s")
+
+
+class PlainProgress(ProgressDisplay):
+    """Lines on stderr for logs and CI: each finished image, each wait (once per host and cause
+    until it changes), and every HEARTBEAT seconds a summary with rate and ETA."""
+
+    def __init__(self, stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(clock)
+        self.stream = stream
+        self._print_lock = threading.Lock()
+        self._last_wait: dict[str, str] = {}
+        self._last_summary: float | None = None
+
+    def show(self, event: str, lines: list[str]) -> None:
+        with self._print_lock:
+            if event == "waiting":
+                for host, cause, left in self.view().waits:
+                    if self._last_wait.get(host) != cause:
+                        self._last_wait[host] = cause
+                        lines = [*lines, waiting_line(host, cause, left)]
+            elif event == "done":
+                self._last_wait.clear()  # moving again: the next wait is news
+            now = self.clock()
+            if self._last_summary is None:
+                self._last_summary = now
+            elif now - self._last_summary >= HEARTBEAT:
+                self._last_summary = now
+                lines = [*lines, f"progress: {self.view().summary()}"]
+            for line in lines:
+                print(printable(line), file=self.stream or sys.stderr, flush=True)
+
+
+class LiveProgress(ProgressDisplay):
+    """A live area on a terminal (rich), redrawn a few times a second from rich's own thread:
+    overall images and bytes with rate and ETA, the images in flight with their bytes, and what
+    is being waited on. Finished images print as lines above it. It starts with the first event,
+    so a command that emits none never draws."""
+
+    def __init__(self, console: Console, clock: Callable[[], float] = time.monotonic, *,
+                 auto_refresh: bool = True) -> None:
+        super().__init__(clock)
+        self.console = console
+        self._live: Live | None = None
+        self._auto_refresh = auto_refresh
+        self._live_lock = threading.Lock()
+
+    def show(self, event: str, lines: list[str]) -> None:
+        with self._live_lock:
+            if self._live is None and event not in ("scanned", "note"):
+                # transient: the live area goes away at the end, the summary follows the lines
+                self._live = Live(get_renderable=self.render, console=self.console, transient=True,
+                                  auto_refresh=self._auto_refresh, refresh_per_second=4,
+                                  redirect_stdout=False, redirect_stderr=True)
+                self._live.start()
+            for line in lines:
+                self.console.print(printable(line), style=_style_of(line), markup=False, highlight=False)
+
+    def close(self) -> None:
+        with self._live_lock:
+            if self._live is not None:
+                self._live.stop()
+                self._live = None
+
+    def render(self) -> RenderableType:
+        view = self.view()
+        rows: list[RenderableType] = []
+        if view.images is not None or view.in_flight:
+            rows.append(Text(f"copying {view.summary()}", style="bold"))
+        if view.in_flight:
+            table = Table.grid(padding=(0, 1))
+            table.add_column(no_wrap=True, overflow="ellipsis", ratio=1)
+            table.add_column(width=20, no_wrap=True)
+            table.add_column(no_wrap=True, justify="right")
+            for image in view.in_flight[:SHOWN_IN_FLIGHT]:
+                expected = image.expected
+                amount = (f"{human_size(image.done)} / {human_size(expected)}" if expected
+                          else human_size(image.moved))
+                bar = ProgressBar(total=expected or None, completed=min(image.done, expected), width=20)
+                table.add_row(Text(printable(f"  {image.source}")), bar, Text(amount))
+            rows.append(table)
+            if len(view.in_flight) > SHOWN_IN_FLIGHT:
+                rows.append(Text(f"  and {len(view.in_flight) - SHOWN_IN_FLIGHT} more in flight", style="dim"))
+        for host, cause, left in view.waits:
+            rows.append(Text(waiting_line(host, cause, left), style="yellow"))
+        return Group(*rows)
 
 
 def lines(items: Iterable[object], prefix: str) -> None:

@@ -350,7 +350,7 @@ def test_dry_run_changes_nothing_and_says_what_would_happen(tmp_path):
     outcomes = bulk_rewrite(repos, rewrite_repo, push=True, dry_run=True)
     assert [(o.status, o.files, o.images, o.commit, o.pushed) for o in outcomes] == [
         ("changed", 2, 4, None, False), ("unchanged", 0, 0, None, False)]
-    assert outcomes[0].reason == f"dry run: would commit 2 file(s) on {DEFAULT_BRANCH} and push to origin"
+    assert outcomes[0].reason == f"dry run: would commit 2 files on {DEFAULT_BRANCH} and push to origin"
     assert [snapshot(r) for r in repos] == before
     assert all(DEFAULT_BRANCH not in git(r, "ls-remote", "origin") for r in repos)
 

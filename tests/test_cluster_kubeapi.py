@@ -28,7 +28,8 @@ from tests.support.kubeapi import (
 )
 
 KUBECTL = shutil.which("kubectl")
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (apt-get install kubectl)")
+needs_kubectl = pytest.mark.skipif(KUBECTL is None,
+                                   reason="kubectl is not installed (Debian: apt-get install kubernetes-client)")
 
 
 @pytest.fixture(scope="module")

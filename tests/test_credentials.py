@@ -12,7 +12,6 @@ import logging
 import os
 import stat
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -334,12 +333,24 @@ def test_helper_answer_that_is_not_json_is_not_echoed(lab: Lab) -> None:
     assert "planted-garbage-secret" not in str(info.value)
 
 
-def test_helper_timeout_kills_it(lab: Lab) -> None:
-    lab.helper("slow", "#!/bin/sh\nsleep 30\n")  # a child process holding the pipes
-    started = time.monotonic()
+@pytest.mark.timeout(60)  # the hang guard: without the kill, the call waits for the child's hour
+def test_helper_timeout_kills_it(lab: Lab, tmp_path: Path) -> None:
+    # the helper leaves a child holding the pipes: waiting for them to close would wait an hour
+    pid_file = tmp_path / "child.pid"
+    lab.helper("slow", f"#!/bin/sh\nsleep 3600 &\necho $! > {pid_file}\nwait\n")
     with pytest.raises(CredentialError, match=r"docker-credential-slow .*no answer within 0.5 s"):
         run_credential_helper("slow", "reg.example.com", env=lab.env, timeout=0.5)
-    assert time.monotonic() - started < 5
+    child = int(pid_file.read_text())
+    assert not _alive(child), f"the helper's child {child} still runs"
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (killed, not yet reaped by its new parent)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
 
 
 def test_missing_helpers(lab: Lab, caplog: pytest.LogCaptureFixture) -> None:

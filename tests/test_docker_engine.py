@@ -141,6 +141,11 @@ def test_copy_single_platform_image(daemon: Daemon, engine_registries: EngineReg
     assert events.index("image-warning") < events.index("pull") < events.index("push") < events.index("done")
     assert {"pull", "push", "done"} <= recorder.names()
     assert [d["status"] for d in recorder.of("done")] == ["copied", "present"]
+    # the daemon's byte counts as the display's events (podman's compatible API sends none)
+    for action in ("pull", "push"):
+        sizes = {e["digest"]: e["size"] for e in recorder.of("transfer") if e["digest"].startswith(action)}
+        moved = {e["digest"] for e in recorder.of("bytes") if e["digest"].startswith(action)}
+        assert moved == set(sizes), (action, recorder.of("transfer"), recorder.of("bytes"))
     done = recorder.of("done")[0]
     assert done["source"] == str(m.source) and done["target"] == str(m.target) and done["error"] is None
 

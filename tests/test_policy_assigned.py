@@ -272,7 +272,7 @@ def test_a_list_of_assignments_as_az_prints_it(tmp_path: Path) -> None:
     policy = policy_from_documents([[az_flattened(ASSIGNMENT), az_flattened(other), az_flattened(audit)]], "list.json",
                                    notes)
     assert [p.name for p in policy.parts] == ["assignment allowed-images", "assignment wide"]
-    assert any("1 assignment(s) of other policy definitions ignored" in n for n in notes)
+    assert any("1 assignment of other policy definitions ignored" in n for n in notes)
     verdict = policy.decide("mcr.microsoft.com/x:1", namespace="prod", labels={}, kind="Pod")
     assert verdict.refused and verdict.assignment == "assignment allowed-images"
     dev = policy.decide("crazureblue.azurecr.io/x:1", namespace="dev", labels={}, kind="Pod")

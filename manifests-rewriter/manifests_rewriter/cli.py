@@ -2,7 +2,7 @@
 
 Exit codes (shared with acr-mirror, manifests_rewriter.errors): 0 nothing to do, 1 files
 changed (or would change under --check) or files that could not be read, 2 usage or config
-error, 123 internal error.
+error (a FILE that does not exist too), 123 internal error.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import wraps
 from typing import Any, NoReturn, TypeVar
 
@@ -30,6 +30,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 def fail(message: str, code: int) -> NoReturn:
     click.echo(f"error: {printable(message)}", err=True)
     sys.exit(code)
+
+
+# The one table, for every command's --help; README.md "Exit codes" explains each line.
+EXIT_CODES_HELP = ("Exit codes: 0 ok; 1 something to fix or that failed; 2 usage or configuration error; "
+                   "123 internal error. The table: README.md, \"Exit codes\".")
+
+
+def require_paths(paths: Iterable[str]) -> None:
+    """A path named on the command line that does not exist is a usage error (exit 2), found
+    before anything is read or written. (A broken link exists: it is reported as a file problem.)"""
+    for path in paths:
+        if not os.path.lexists(path):
+            raise UsageError(f"{path}: no such file or directory")
 
 
 def guarded(func: F) -> F:
@@ -54,7 +67,7 @@ def guarded(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="acr-mirror config (target, policy); default ./acr-mirror.yaml, else $ACR_MIRROR_CONFIG.")
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if a file would change.")
@@ -63,6 +76,7 @@ def guarded(func: F) -> F:
 @guarded
 def main(config_path: str | None, check: bool, diff: bool, files: tuple[str, ...]) -> None:
     """Rewrite container image references in FILES so they pass the allowed-images policy."""
+    require_paths(files)
     # registries/copy/docker are acr-mirror's: checked when it is installed, else left alone
     config = load_config(find_config(config_path), sections=installed_sections(), others="ignore")
     for warning in config.warnings:

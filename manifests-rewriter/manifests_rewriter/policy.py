@@ -61,6 +61,13 @@ CONTROLLER_LABELS: dict[str, tuple[str, ...]] = {
 Labels = Mapping[str, "str | None"]  # label -> value; None: the label is there, its value unknown
 
 
+def quoted(pattern: str) -> str:
+    """A regex as written, in YAML's single quotes (a quote inside is doubled): it pastes back
+    into `imageRegex:` unchanged, and into a shell when it holds no quote. Never a Python repr,
+    which doubles every backslash."""
+    return "'" + pattern.replace("'", "''") + "'"
+
+
 def compile_regex(pattern: str) -> re2._Regexp:
     options = re2.Options()
     options.log_errors = False  # RE2 would print its own copy of the error to stderr
@@ -68,7 +75,7 @@ def compile_regex(pattern: str) -> re2._Regexp:
         return re2.compile(pattern, options)
     except re2.error as exc:
         reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-        raise PolicyError(f"imageRegex {pattern!r} is not a valid RE2 expression: {reason}") from None
+        raise PolicyError(f"imageRegex {quoted(pattern)} is not a valid RE2 expression: {reason}") from None
 
 
 def wildcard_matches(pattern: str, candidate: str) -> bool:
@@ -374,7 +381,7 @@ class Policy:
         if self.allows(image):
             return self._pass(self.regex_parameter, f"matches {self.regex_parameter}", assumed)
         return Verdict(True, self.name, self.regex_parameter, f"does not match {self.regex_parameter} "
-                       f"{self.image_regex!r}", self.effect, self.warn, "; ".join(assumed) or None)
+                       f"{quoted(self.image_regex)}", self.effect, self.warn, "; ".join(assumed) or None)
 
     def _namespace_pass(self, namespace: str | None) -> tuple[str, str] | None:
         """(parameter, why) when nothing in this namespace can be a finding of this assignment."""
@@ -502,26 +509,26 @@ def _lint_one(policy: Policy, target_registry: str | None, to_target: object | N
         if policy.allows(bypass):
             messages.append(LintMessage(
                 "warning",
-                f"imageRegex {pattern!r} is not anchored at the start: it also allows {bypass!r}; "
-                f"start it with '^'"))
+                f"imageRegex {quoted(pattern)} is not anchored at the start: it also allows {bypass}; "
+                f"start it with ^"))
     for other in ("attacker.azurecr.io/app:1", "someoneelse.azurecr.io/x/y:2"):
         if target_registry and other.split("/")[0] == target_registry:
             continue
         if policy.allows(other):
             messages.append(LintMessage(
                 "warning",
-                f"imageRegex {pattern!r} allows any *.azurecr.io registry (e.g. {other!r}), "
+                f"imageRegex {quoted(pattern)} allows any *.azurecr.io registry (e.g. {other}), "
                 f"not only {target_registry or 'yours'}"))
             break
     if to_target is None and target_registry and not policy.allows(example_target):
-        messages.append(LintMessage("error", f"imageRegex {pattern!r} refuses images in the target registry "
-                                             f"({example_target!r})"))
+        messages.append(LintMessage("error", f"imageRegex {quoted(pattern)} refuses images in the target registry "
+                                             f"({example_target})"))
     if to_target is not None:
         for text in samples:
             target = to_target(parse(text))  # type: ignore[operator]
             if isinstance(target, ImageRef) and not policy.allows(str(target)):
                 messages.append(LintMessage(
                     "error",
-                    f"target naming gives {str(target)!r} for {text!r}, which imageRegex {pattern!r} refuses"))
+                    f"target naming gives {target} for {text}, which imageRegex {quoted(pattern)} refuses"))
                 break
     return messages

@@ -10,6 +10,7 @@ and digest pinning.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -53,11 +54,33 @@ class FileRewrite:
         return self.new_text != self.source.text
 
     def diff(self) -> str:
-        name = self.source.display
-        old, new = (name, name) if name.startswith("/") else (f"a/{name}", f"b/{name}")  # git-style for relative paths
-        return "".join(difflib.unified_diff(
-            self.source.text.splitlines(keepends=True), self.new_text.splitlines(keepends=True),
-            fromfile=old, tofile=new))
+        """A unified diff `git apply` accepts when run where the rewrite ran (see diff_names)."""
+        old, new = diff_names(self.source.display)
+        lines = []
+        for line in difflib.unified_diff(_lines(self.source.text), _lines(self.new_text), fromfile=old, tofile=new):
+            if not line.endswith("\n"):  # a file's last line without a line break
+                line += "\n\\ No newline at end of file\n"
+            lines.append(line)
+        return "".join(lines)
+
+
+def diff_names(display: str) -> tuple[str, str]:
+    """The diff's file names: git's `a/path` and `b/path`, relative to the current directory and
+    normalized (git apply refuses `a/./x` and `a/../x`), for a file below the current
+    directory; the absolute path on both sides for any other (GNU patch -p0 applies that)."""
+    relative = os.path.relpath(os.path.abspath(display))
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        name = os.path.abspath(display)
+        return name, name
+    name = relative.replace(os.sep, "/")
+    return f"a/{name}", f"b/{name}"
+
+
+def _lines(text: str) -> list[str]:
+    """Lines as git sees them: split after each \\n only (str.splitlines also splits at \\r,
+    U+2028 and others, which a patch would not reproduce)."""
+    lines = text.split("\n")
+    return [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
 
 
 @dataclass

@@ -271,7 +271,7 @@ class Resolver:
             else:
                 others += 1
         if others:
-            self._note(f"{self.where}: {others} assignment(s) of other policy definitions ignored")
+            self._note(f"{self.where}: {others} assignment{'s' * (others != 1)} of other policy definitions ignored")
         return parts
 
     def _applies(self, assignment: Mapping[str, Any], name: str) -> bool:

@@ -230,7 +230,8 @@ class _Auditor:
             if isinstance(total, int) and total > len(violations):
                 self.items.append(AuditItem(
                     "constraint", KIND, None, name,
-                    f"{total - len(violations)} more violations than the {len(violations)} listed in its status "
+                    f"{total - len(violations)} more violation{'s' * (total - len(violations) != 1)} than the "
+                    f"{len(violations)} listed in its status "
                     f"(Gatekeeper's audit keeps a limited number: --constraint-violations-limit)",
                     constraints=(name,), count=total - len(violations), last_seen=status.get("auditTimestamp"),
                     enforcement_action=action))

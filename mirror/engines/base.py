@@ -18,8 +18,8 @@ import contextlib
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
 from collections.abc import Mapping as AbcMapping
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -35,10 +35,45 @@ if TYPE_CHECKING:  # the HTTP stack loads when an engine first talks to a regist
     from ..registry.client import RegistryClient
     from ..registry.pacing import Pacer
 
+# A stream reports the bytes it moved at most once per this many bytes (and once at its end).
+BYTES_EVERY = 256 * 1024
+
 
 class Progress(Protocol):
-    """Receives engine events: "start" and "done" per image (done carries the CopyResult
-    fields), "blob" per blob placed, and engine-specific ones ("pull", "push", "image-warning")."""
+    """The progress protocol: `progress(event, info)`, the one description of every event an
+    engine or the pipeline emits (mirror.terminal draws them).
+
+    Called from any thread. A receiver only counts (a lock held for a few additions) and never
+    blocks or raises: drawing happens on its own thread. Emitters go through `Engine._emit`,
+    which swallows a receiver's errors. `source` is str(mapping.source), the key that ties an
+    image's events together; `info` is a plain dict.
+
+    The run:
+      "images"   {count}                    images this run copies (copy_all, before any "start")
+      "scanned"  {findings, images, warnings, errors}   the scan of a migration is done
+    One image, in this order:
+      "start"    {source, target, engine}   its copy begins
+      "size"     {source, bytes}            it needs `bytes` more bytes of blobs in the target;
+                                            additive, one per manifest once its blobs are known and
+                                            before they are placed (blobs later found in place count)
+      "transfer" {source, digest, size}     a blob starts moving (GET -> PUT); a retried transfer
+                                            emits it again and the receiver restarts that blob at 0
+      "bytes"    {source, digest, n}        `n` more bytes of that blob moved: a delta, aggregated in
+                                            the streaming loop, at most one per BYTES_EVERY bytes plus
+                                            one at the end of the stream (never one per chunk);
+                                            `Engine._metered` wraps a chunk iterator to do exactly that
+      "blob"     {source, digest, size, outcome, target}   a blob is in the target: outcome
+                                            "copied", "mounted" or "skipped" (it was there)
+      "done"     CopyResult.as_json()       finished: status copied, present or failed
+    Waiting, in any command (rewrite and plan verify and resolve through the same clients):
+      "waiting"  {host, cause, delay}       about to wait `delay` seconds before trying `host` again,
+                                            because of `cause`: "429", "503", "timeout", "connect"...
+                                            (`Engine.waiting` builds it from the error)
+      "note"     {text}                     a line for the user, once (e.g. a host given up on)
+    The Docker engine also emits the daemon's own stream items, "pull" and "push" {source,
+    target, ref, layer, status, current, total}, "blob-done" and "image-warning"; it translates
+    their byte counts into "transfer" and "bytes".
+    """
 
     def __call__(self, event: str, info: AbcMapping[str, Any], /) -> None: ...
 
@@ -117,6 +152,7 @@ class Engine(ABC):
                 stop.set()
             return result
 
+        self._emit("images", {"count": len(mappings)})
         self._contact(mappings)
         workers = max(1, min(self.settings.copy.concurrency, self.max_parallel or len(mappings) or 1))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.name}-image") as pool:
@@ -198,6 +234,33 @@ class Engine(ABC):
         with self._lock:
             client = self._clients.get(mapping.source.registry)
         return client.rate_limit if client else None
+
+    def waiting(self, host: str, error: BaseException, delay: float) -> None:
+        """The "waiting" event for a retry about to sleep `delay` seconds after `error` from `host`."""
+        from ..registry.errors import RegistryError
+
+        if isinstance(error, RegistryError):
+            cause = str(error.status) if error.status is not None else error.transport or error.cause
+        else:
+            cause = type(error).__name__
+        self._emit("waiting", {"host": host, "cause": cause[:60], "delay": delay})
+
+    def _metered(self, source: str, digest: str, size: int | None, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """`chunks` as they are, announced by "transfer" and counted by "bytes" events: one per
+        BYTES_EVERY bytes and one at the end, so a display costs nothing per chunk."""
+        if self._progress is None:
+            yield from chunks
+            return
+        self._emit("transfer", {"source": source, "digest": digest, "size": size})
+        pending = 0
+        for chunk in chunks:
+            yield chunk
+            pending += len(chunk)
+            if pending >= BYTES_EVERY:
+                self._emit("bytes", {"source": source, "digest": digest, "n": pending})
+                pending = 0
+        if pending:
+            self._emit("bytes", {"source": source, "digest": digest, "n": pending})
 
     def _emit(self, event: str, data: AbcMapping[str, Any]) -> None:
         if self._progress is not None:

@@ -52,7 +52,7 @@ from ..registry.credentials import Credentials, Keychain
 from ..registry.errors import RegistryError
 from ..registry.media import DOCKER_MANIFEST, Descriptor, Manifest, digest_tag, platform_matches
 from ..settings import DockerSettings, MirrorSettings
-from .base import CopyResult, Engine, Progress
+from .base import BYTES_EVERY, CopyResult, Engine, Progress
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,43 @@ class _Stream:
 
     digest: str | None = None
     layers: dict[str, str] = field(default_factory=dict)  # layer id (12 hex) -> last status
+
+
+class _LayerBytes:
+    """A pull or push stream's per-layer byte counts (progressDetail.current of "Downloading" or
+    "Pushing") as the progress protocol's "transfer" and "bytes" events, BYTES_EVERY at a time."""
+
+    MOVING = {"pull": "Downloading", "push": "Pushing"}
+    MOVED = {"pull": "Download complete", "push": "Pushed"}
+
+    def __init__(self, engine: Engine, action: str, source: str):
+        self.emit, self.action, self.source = engine._emit, action, source
+        self.reported: dict[str, int] = {}  # layer -> bytes reported so far
+        self.current: dict[str, int] = {}
+        self.total: dict[str, int] = {}
+
+    def update(self, layer: str, status: str, detail: Any) -> None:
+        key = f"{self.action} {layer}"  # the daemon names layers, not digests
+        if status == self.MOVING[self.action] and isinstance(detail, dict) and isinstance(detail.get("current"), int):
+            current = detail["current"]
+            if layer not in self.reported or current < self.reported[layer]:  # new, or restarted by the daemon
+                total = detail.get("total")
+                self.total[layer] = total if isinstance(total, int) and total > 0 else 0
+                self.emit("transfer", {"source": self.source, "digest": key, "size": self.total[layer] or None})
+                self.reported[layer] = 0
+            self.current[layer] = current
+            if current - self.reported[layer] >= BYTES_EVERY:
+                self._report(layer, key)
+        elif status == self.MOVED[self.action] and layer in self.current:
+            # the daemon reports progress in steps: a finished layer moved all of its bytes
+            self.current[layer] = max(self.current[layer], self.total[layer])
+            self._report(layer, key)
+
+    def _report(self, layer: str, key: str) -> None:
+        n = self.current[layer] - self.reported[layer]
+        if n > 0:
+            self.emit("bytes", {"source": self.source, "digest": key, "n": n})
+            self.reported[layer] = self.current[layer]
 
 
 class _PullGate:
@@ -492,6 +529,7 @@ class DockerEngine(Engine):
         """Read a pull/push stream to its end; an error item fails it with the daemon's message."""
         seen = _Stream()
         last_total: dict[str, int] = {}
+        moved = _LayerBytes(self, action, str(plan.mapping.source))
         for item in stream:
             if not isinstance(item, dict):
                 continue
@@ -513,6 +551,7 @@ class DockerEngine(Engine):
                 seen.layers[layer] = status
                 if isinstance(detail, dict) and detail.get("total"):
                     last_total[layer] = int(detail["total"])
+                moved.update(layer, status, detail)
             self._emit(action, {"source": str(plan.mapping.source), "target": str(plan.mapping.target),
                                 "ref": plan.pull_ref if action == "pull" else plan.push_ref, "layer": layer or None,
                                 "status": status, "current": detail.get("current") if isinstance(detail, dict) else None,

@@ -10,6 +10,7 @@ through the fault proxy.  Property tests of the reference parser and of rewritin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from click.testing import CliRunner
@@ -34,10 +36,13 @@ from hypothesis import strategies as st
 from manifests_rewriter import cli as hook_cli
 from manifests_rewriter import files as files_module
 from manifests_rewriter import rewrite as rewrite_module
+from manifests_rewriter.config import ScanSettings
 from manifests_rewriter.files import WriteError, write_atomic
 from manifests_rewriter.locate import locate
 from manifests_rewriter.reference import ReferenceError, parse
 from mirror import cli
+
+from ..support.work import Work, counting
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = "crazureblue.azurecr.io"
@@ -49,6 +54,7 @@ policy:
 POD = "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers:\n  - name: app\n    image: {image}\n"
 GOOD = POD.format(image="nginx:1.25")
 GOOD_REWRITTEN = POD.format(image=f"{TARGET}/docker.io/library/nginx:1.25")
+MAX_FILE_BYTES = ScanSettings().max_file_bytes  # scan.max_file_bytes when the config does not say
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x9b]")  # raw control characters (tab and newline aside)
 
 
@@ -84,7 +90,7 @@ class Run:
     exit_code: int
     stdout: str
     stderr: str
-    seconds: float
+    work: Work | None = None  # steps and bytes read (tests/support/work.py), when counted
     peak_bytes: int = 0
 
     @property
@@ -96,22 +102,31 @@ class Run:
         return [line for line in self.output.splitlines() if line.startswith("error:")]
 
 
-def invoke(main: Any, args: list[str], *, trace_memory: bool = False) -> Run:
+def invoke(main: Any, args: list[str], *, trace_memory: bool = False, max_steps: int | None = None) -> Run:
+    """Run a CLI in this process; with `max_steps`, count its work and stop it past that many steps."""
     runner = CliRunner()
     if trace_memory:
         tracemalloc.start()
-    started = time.monotonic()
+    work = None
     try:
-        result = runner.invoke(main, args, catch_exceptions=True)
+        with counting(max_steps) if max_steps is not None else contextlib.nullcontext() as work:
+            result = runner.invoke(main, args, catch_exceptions=True)
     finally:
-        seconds = time.monotonic() - started
         peak = 0
         if trace_memory:
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
-    return Run(result.exit_code, result.stdout, result.stderr, seconds, peak)
+    return Run(result.exit_code, result.stdout, result.stderr, work, peak)
+
+
+def linear_work(tree: Path) -> int:
+    """Failing fast, in steps: work linear in the YAML the tree may hold (regular files under the
+    size limit), never the expansion a bomb asks for (see tests/support/work.py)."""
+    size = sum(p.stat().st_size for p in tree.rglob("*")
+               if p.is_file() and not p.is_symlink() and p.stat().st_size <= MAX_FILE_BYTES)
+    return 8 * size + 25_000
 
 
 def commands(config: Path, path: Path) -> dict[str, tuple[Any, list[str]]]:
@@ -230,16 +245,15 @@ class Row:
     name: str
     build: Callable[[Path], list[str]]  # creates the hostile entries, returns their names (as reported)
     message: str  # regex the one error line about the file must match
-    max_seconds: float = 10.0
     max_memory: int | None = None  # bytes (tracemalloc peak)
 
 
 FILE_ROWS = [
-    Row("billion-laughs-list", _billion_laughs_list, r"YAML bomb\?\); refused", 2.0, 64 << 20),
-    Row("billion-laughs-map", _billion_laughs_map, r"YAML bomb\?\); refused", 2.0, 64 << 20),
-    Row("deep-flow-nesting", _deep_flow, r"nested more than \d+ levels deep; refused", 2.0, 64 << 20),
-    Row("deep-block-nesting", _deep_block, r"nested more than \d+ levels deep; refused", 5.0, 128 << 20),
-    Row("100MB-file", _huge, r"file is [\d,]+ bytes, over the limit of [\d,]+ \(scan\.max_file_bytes\)", 2.0, 24 << 20),
+    Row("billion-laughs-list", _billion_laughs_list, r"YAML bomb\?\); refused", 64 << 20),
+    Row("billion-laughs-map", _billion_laughs_map, r"YAML bomb\?\); refused", 64 << 20),
+    Row("deep-flow-nesting", _deep_flow, r"nested more than \d+ levels deep; refused", 64 << 20),
+    Row("deep-block-nesting", _deep_block, r"nested more than \d+ levels deep; refused", 128 << 20),
+    Row("100MB-file", _huge, r"file is [\d,]+ bytes, over the limit of [\d,]+ \(scan\.max_file_bytes\)", 24 << 20),
     Row("binary-file", _binary, r"binary file \(contains NUL bytes\), not YAML"),
     Row("utf16-file", _utf16, r"binary file \(contains NUL bytes\), not YAML"),
     Row("latin1-file", _latin1, r"line 6: not UTF-8 text \(byte 0xe9 at offset \d+\)"),
@@ -259,7 +273,7 @@ def test_hostile_file(workspace: dict[str, Path], row: Row, command: str, figure
     figures.record("hostile", tried=1)
     main, args = commands(workspace["config"], tree)[command]
     before = snapshot(tree, outside)
-    run = invoke(main, args)
+    run = invoke(main, args, max_steps=linear_work(tree))
 
     assert "Traceback" not in run.output
     assert run.exit_code == 1, run.output
@@ -267,7 +281,9 @@ def test_hostile_file(workspace: dict[str, Path], row: Row, command: str, figure
     assert [e.split(": ", 2)[1] for e in errors] == [str(tree / b) for b in bad], run.output  # one line per entry
     for error in errors:
         assert re.search(row.message, error), error
-    assert run.seconds < row.max_seconds, f"took {run.seconds:.2f} s"
+    # fast, in counts: YAML work linear in the tree, and no file read beyond the size limit
+    assert run.work is not None and run.work.steps <= linear_work(tree), run.work
+    assert run.work.read <= MAX_FILE_BYTES, f"read {run.work.read:,} bytes"
     if row.max_memory is not None:  # again, traced (tracemalloc slows the run, so not timed)
         peak = invoke(main, args, trace_memory=True).peak_bytes
         assert peak < row.max_memory, f"peak {peak / 2**20:.1f} MiB"
@@ -291,8 +307,22 @@ def test_link_loop_through_directories_terminates(workspace: dict[str, Path], co
     (tree / "sub" / "self").symlink_to(".", target_is_directory=True)
     figures.record("hostile", tried=1)
     main, args = commands(workspace["config"], tree)[command]
-    run = invoke(main, args)
-    assert run.seconds < 5 and "Traceback" not in run.output
+    listed: list[str] = []
+    scandir = os.scandir
+
+    expected = {str(tree), str(tree / "sub")}
+
+    def counted_scandir(path: Any = ".") -> Any:
+        listed.append(os.path.normpath(path))
+        if len(listed) > 10 * len(expected):  # a loop being followed: stop it here
+            raise AssertionError(f"listed {listed[-1]} after {len(listed) - 1} listings")
+        return scandir(path)
+
+    with mock.patch.object(files_module.os, "scandir", counted_scandir):
+        run = invoke(main, args)
+    assert "Traceback" not in run.output
+    # only the two real directories are listed: a link followed even once adds sub/again or sub/self
+    assert set(listed) == expected, listed
     assert run.error_lines() == []
     assert run.exit_code == (0 if command == "rewrite" else 1)
     if command == "scan":
@@ -306,14 +336,18 @@ def test_fifo_in_the_tree_is_refused_not_waited_on(workspace: dict[str, Path], c
     [bad] = _fifo(tree)
     figures.record("hostile", tried=1)
     stop = threading.Event()
+    hung = threading.Event()
 
-    def unblock() -> None:  # if the command hangs on open(), give it a writer after 5 s so the test ends
-        if not stop.wait(5):
+    def unblock() -> None:
+        """The hang guard: after 30 s, a writer. Opening one succeeds only while a reader has the
+        pipe open, i.e. the command is still waiting on it (then the test ends, and fails)."""
+        if not stop.wait(30):
             try:
                 fd = os.open(tree / bad, os.O_WRONLY | os.O_NONBLOCK)
-                os.close(fd)
             except OSError:
-                pass
+                return
+            hung.set()
+            os.close(fd)
 
     helper = threading.Thread(target=unblock, daemon=True)
     helper.start()
@@ -322,7 +356,7 @@ def test_fifo_in_the_tree_is_refused_not_waited_on(workspace: dict[str, Path], c
         run = invoke(main, args)
     finally:
         stop.set()
-    assert run.seconds < 5, f"the command waited {run.seconds:.1f} s on a named pipe"
+    assert not hung.is_set(), "the command waited on a named pipe"
     [error] = run.error_lines()
     assert error.startswith(f"error: {tree / bad}: ") and "not a regular file" in error
     figures.record("hostile", handled=1)
@@ -695,6 +729,9 @@ def test_hostile_results_are_json_serialisable_for_the_report(workspace: dict[st
 # --------------------------------------------------------------------------- hostile registries
 
 
+from mirror.registry.transport import MAX_REDIRECTS  # noqa: E402
+from mirror.settings import CopySettings  # noqa: E402
+
 from .conftest import registry_state, write_config  # noqa: E402
 from .faultproxy import Fault, FaultProxy, ProxyRequest, always  # noqa: E402
 
@@ -714,7 +751,7 @@ def hostile_world(basic_registry: Any, target_registry: Any, tmp_path: Path, mon
             "make_proxy": fault_proxy, "ref": f"{basic_registry.host}/app/victim:1"}
 
 
-def _hostile_sync(world: dict[str, Any], source_endpoint: str, **copy: Any) -> tuple[Any, dict[str, Any], float]:
+def _hostile_sync(world: dict[str, Any], source_endpoint: str, **copy: Any) -> tuple[Any, dict[str, Any]]:
     source, target, tmp = world["source"], world["target"], world["tmp"]
     config = write_config(tmp / "config.yaml", target.host, {
         source.host: {"endpoint": source_endpoint, "insecure": True, "username": source.username,
@@ -722,11 +759,9 @@ def _hostile_sync(world: dict[str, Any], source_endpoint: str, **copy: Any) -> t
         target.host: {"insecure": True},
     }, **copy)
     report = tmp / "report.json"
-    started = time.monotonic()
     result = CliRunner().invoke(cli.main, ["sync", "--image", world["ref"], "--config", str(config),
                                            "--report", str(report)], catch_exceptions=False)
-    seconds = time.monotonic() - started
-    return result, json.loads(report.read_text()) if report.exists() else {}, seconds
+    return result, json.loads(report.read_text()) if report.exists() else {}
 
 
 def _refused(world: dict[str, Any], result: Any, report: dict[str, Any], pattern: str) -> str:
@@ -749,7 +784,7 @@ def test_registry_manifest_over_4_mib(hostile_world: dict[str, Any], figures: An
     proxy = hostile_world["make_proxy"](hostile_world["source"].url,
                                         always(huge, lambda r: "/manifests/" in r.path and r.method == "GET"))
     figures.record("hostile", tried=1)
-    result, report, _ = _hostile_sync(hostile_world, proxy.url)
+    result, report = _hostile_sync(hostile_world, proxy.url)
     _refused(hostile_world, result, report, r"over the 4 MiB limit")
     figures.record("hostile", handled=1)
 
@@ -760,7 +795,7 @@ def test_registry_digest_header_lies(hostile_world: dict[str, Any], where: str, 
     proxy = hostile_world["make_proxy"](hostile_world["source"].url,
                                         always("lie-digest", lambda r: "/manifests/" in r.path and r.method in methods))
     figures.record("hostile", tried=1)
-    result, report, _ = _hostile_sync(hostile_world, proxy.url)
+    result, report = _hostile_sync(hostile_world, proxy.url)
     _refused(hostile_world, result, report, r"(?i)digest|MANIFEST_UNKNOWN")
     figures.record("hostile", handled=1)
 
@@ -774,10 +809,10 @@ def test_registry_redirect_loop(hostile_world: dict[str, Any], figures: Any):
 
     proxy = hostile_world["make_proxy"](hostile_world["source"].url, loop)
     figures.record("hostile", tried=1)
-    result, report, seconds = _hostile_sync(hostile_world, proxy.url)
+    result, report = _hostile_sync(hostile_world, proxy.url)
     _refused(hostile_world, result, report, r"too many redirects")
-    assert seconds < 20
-    assert proxy.injected["redirect"] < 100
+    # quickly, in counts: each attempt stops after MAX_REDIRECTS hops, and attempts are bounded
+    assert 0 < proxy.injected["redirect"] <= (MAX_REDIRECTS + 1) * (CopySettings().retries + 1)
     figures.record("hostile", handled=1)
 
 
@@ -797,7 +832,7 @@ def test_registry_redirect_to_another_host_drops_authorization(hostile_world: di
 
     registry = hostile_world["make_proxy"](source.url, to_storage)
     figures.record("hostile", tried=1)
-    result, report, _ = _hostile_sync(hostile_world, registry.url)
+    result, report = _hostile_sync(hostile_world, registry.url)
     assert result.exit_code == 0, result.output
     assert [i["status"] for i in report["images"]] == ["copied"]
     assert storage.wait_idle() and registry.wait_idle()
