@@ -146,7 +146,7 @@ def build_plan(context: Context, paths: Sequence[str], images: Sequence[str] = (
     plan.entries.sort(key=lambda e: e.source)
     run = PlanRun(plan, found)
     if resolve and plan.entries:
-        with create_engine(DEFAULT_ENGINE, context.settings) as engine:  # reads the source registries only
+        with create_engine(DEFAULT_ENGINE, context.settings, progress=context.progress) as engine:  # reads sources only
             workers = max(1, min(context.settings.copy.concurrency, len(plan.entries)))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="resolve") as pool:
                 statuses = list(pool.map(lambda e: engine.status(e.mapping()), plan.entries))

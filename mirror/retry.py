@@ -42,7 +42,18 @@ def _log(state: tenacity.RetryCallState) -> None:
     log.info("retrying (attempt %d) after: %s", state.attempt_number, exc)
 
 
-def call(fn: Callable[[], T], *, retries: int, sleep: Callable[[float], None] | None = None) -> T:
+def _before_sleep(on_wait: Callable[[BaseException, float], None] | None) -> Callable[[tenacity.RetryCallState], None]:
+    """Log, and tell `on_wait` (the progress display's "waiting" event) what is waited on and for how long."""
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        _log(state)
+        exc = state.outcome.exception() if state.outcome else None
+        if on_wait is not None and exc is not None and state.next_action is not None:
+            on_wait(exc, state.next_action.sleep)
+    return before_sleep
+
+
+def call(fn: Callable[[], T], *, retries: int, sleep: Callable[[float], None] | None = None,
+         on_wait: Callable[[BaseException, float], None] | None = None) -> T:
     """Run fn, retrying retryable RegistryErrors up to `retries` more times.
 
     When every attempt failed, the error raised is the one that failed most attempts (the
@@ -60,7 +71,7 @@ def call(fn: Callable[[], T], *, retries: int, sleep: Callable[[float], None] | 
         retry=tenacity.retry_if_exception(is_retryable),
         stop=tenacity.stop_after_attempt(max(1, retries + 1)),
         wait=_wait,
-        before_sleep=_log,
+        before_sleep=_before_sleep(on_wait),
         reraise=True,
         sleep=sleep or time.sleep,
     )

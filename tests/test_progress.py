@@ -313,8 +313,6 @@ def proxies() -> Any:
 
 
 @pytest.mark.registry
-@pytest.mark.xfail(strict=True, reason="emissions the lead adds in mirror/registry/* and engines/registry.py "
-                                       "(see the contact report): size, transfer/bytes, blob with source, waiting")
 def test_registry_engine_feeds_the_display(source_registry: Any, target_registry: Any, tmp_path: Path,
                                            proxies: Any) -> None:
     """A real copy through a source that answers 429 once: the display's counts equal the result's."""

@@ -212,10 +212,14 @@ class Engine(ABC):
             client = self._clients.get(host)
             if client is None:
                 copy = self.settings.copy
+
+                def on_wait(exc: BaseException, delay: float, host: str = host) -> None:
+                    self.waiting(host, exc, delay)  # a retry about to sleep: the display says so
+
                 client = RegistryClient(host, self.settings.registry(host), credentials=self.keychain.resolve(host),
                                         timeout=copy.timeout, retries=copy.retries,
                                         max_in_flight=copy.per_registry_limit, settings_for=self.settings.registry,
-                                        pacer=self.pacer)
+                                        pacer=self.pacer, on_wait=on_wait)
                 self._clients[host] = client
             return client
 

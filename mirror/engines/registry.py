@@ -219,6 +219,7 @@ class RegistryEngine(Engine):
         blobs = [b for b in manifest.blobs if not b.urls]  # foreign layers stay where their URLs say
         if len(manifest.blobs) != len(blobs):
             tally.result.add_note("foreign layers (with urls) were not copied")
+        self._emit("size", {"source": tally.result.source, "bytes": sum(b.size for b in blobs)})
         futures = [self._blob_pool.submit(self._ensure_blob, tally, src, dst, blob) for blob in blobs]
         errors = [f.exception() for f in futures]  # wait for all, so none runs on after a failure
         for error in errors:
@@ -250,6 +251,8 @@ class RegistryEngine(Engine):
                 pending = self._in_flight.get(key)
                 if dst.name in holders:
                     tally.add("skipped", desc.size)
+                    self._emit("blob", {"source": tally.result.source, "digest": desc.digest, "size": desc.size,
+                                        "outcome": "skipped", "target": f"{dst.client.host}/{dst.name}"})
                     return
                 if pending is None:
                     mine: Future[str] = Future()
@@ -258,7 +261,7 @@ class RegistryEngine(Engine):
             with contextlib.suppress(Exception):
                 pending.result()  # then look again: mount from where it went, or claim it if it failed
         try:
-            outcome = self._place_blob(src, dst, desc, sorted(holders))
+            outcome = self._place_blob(src, dst, desc, sorted(holders), tally.result.source)
         except BaseException as exc:
             with self._lock:
                 del self._in_flight[key]
@@ -269,23 +272,25 @@ class RegistryEngine(Engine):
             del self._in_flight[key]
         mine.set_result(outcome)
         tally.add(outcome, desc.size)
-        self._emit("blob", {"digest": desc.digest, "size": desc.size, "outcome": outcome,
-                            "target": f"{dst.client.host}/{dst.name}"})
+        self._emit("blob", {"source": tally.result.source, "digest": desc.digest, "size": desc.size,
+                            "outcome": outcome, "target": f"{dst.client.host}/{dst.name}"})
 
-    def _place_blob(self, src: Repository, dst: Repository, desc: Descriptor, holders: list[str]) -> str:
+    def _place_blob(self, src: Repository, dst: Repository, desc: Descriptor, holders: list[str],
+                    source: str) -> str:
         if src.client is dst.client and src.name != dst.name:
             holders.append(src.name)  # same registry: mount straight from the source repository
         location = None
         if holders:
-            location = self._retry(lambda: dst.start_upload(mount=desc.digest, from_repo=holders[0]))
+            location = self._retry(lambda: dst.start_upload(mount=desc.digest, from_repo=holders[0]), dst.client.host)
             if location is None:
                 return "mounted"
         elif dst.head_blob(desc.digest) is not None:
             return "skipped"
-        self._transfer(src, dst, desc, location)
+        self._transfer(src, dst, desc, location, source)
         return "copied"
 
-    def _transfer(self, src: Repository, dst: Repository, desc: Descriptor, location: str | None) -> None:
+    def _transfer(self, src: Repository, dst: Repository, desc: Descriptor, location: str | None,
+                  source: str) -> None:
         """Stream one blob GET → PUT; retried as a whole (a fresh upload each attempt)."""
         started = [location]
 
@@ -295,15 +300,17 @@ class RegistryEngine(Engine):
                 upload = upload or dst.start_upload()
                 assert upload is not None
                 try:
-                    dst.upload_blob(desc.digest, blob.size, blob.chunks(), location=upload)
+                    chunks = self._metered(source, desc.digest, desc.size, blob.chunks())  # "transfer", "bytes"
+                    dst.upload_blob(desc.digest, blob.size, chunks, location=upload)
                 except BaseException:
                     dst.cancel_upload(upload)
                     raise
 
-        self._retry(attempt)
+        self._retry(attempt, src.client.host)
 
-    def _retry(self, fn: Callable[[], Any]) -> Any:
-        return retry.call(fn, retries=self.copy_settings.retries)
+    def _retry(self, fn: Callable[[], Any], host: str) -> Any:
+        return retry.call(fn, retries=self.copy_settings.retries,
+                          on_wait=lambda exc, delay: self.waiting(host, exc, delay))
 
     # -- signatures and referrers ---------------------------------------------------------------
 

@@ -127,10 +127,12 @@ class RegistryClient:
     def __init__(self, host: str, settings: RegistrySettings | None = None, *,
                  credentials: Credentials | None = None, timeout: float = 60.0, retries: int = 5,
                  max_in_flight: int = 8, sleep: Callable[[float], None] | None = None,
-                 settings_for: Callable[[str], RegistrySettings] | None = None, pacer: Pacer | None = None):
+                 settings_for: Callable[[str], RegistrySettings] | None = None, pacer: Pacer | None = None,
+                 on_wait: Callable[[BaseException, float], None] | None = None):
         self.host = host
         self.settings = settings or RegistrySettings()
         self.retries = retries
+        self.on_wait = on_wait  # before a retry sleeps: (the error, seconds), for the "waiting" event
         self.transport = Transport(host, self.settings, timeout=timeout, max_in_flight=max_in_flight,
                                    settings_for=settings_for)
         self.transport.observers.append(self._observe)
@@ -189,7 +191,8 @@ class RegistryClient:
             if self._unreachable is not None:
                 raise self._unreachable
             try:
-                retry.call(self._ping_once, retries=min(self.retries, PING_RETRIES), sleep=self._sleep)
+                retry.call(self._ping_once, retries=min(self.retries, PING_RETRIES), sleep=self._sleep,
+                           on_wait=self.on_wait)
             except RegistryError as exc:
                 hint = "" if exc.status in (401, 403) else (
                     f"; check the host name and the network (or registries.{self.host}.endpoint)"
@@ -304,7 +307,7 @@ class Repository:
         return f"/v2/{self.name}/{kind}/{_segment(reference, what, operation)}"
 
     def _retry(self, fn: Callable[[], Any]) -> Any:
-        return retry.call(fn, retries=self.client.retries, sleep=self.client._sleep)
+        return retry.call(fn, retries=self.client.retries, sleep=self.client._sleep, on_wait=self.client.on_wait)
 
     def _send(self, method: str, path: str, operation: str, **kwargs: Any) -> Response:
         with self.client.slot():
