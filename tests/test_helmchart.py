@@ -287,3 +287,8 @@ def test_directory_links_out_of_the_chart_are_skipped(tmp_path):
     chart = load_chart(c)
     assert chart.values == {} and chart.subcharts == []
     assert sum("outside the chart" in n for n in chart.notes) == 2
+
+
+def test_values_with_a_tab_after_a_plain_scalar_read_as_go_yaml_does(tmp_path):
+    c = write_chart(tmp_path / "c", "c", values="image:\t\n  repository: nginx\t\n  tag: \"1.27\"\t\n")
+    assert load_chart(c).values == {"image": {"repository": "nginx", "tag": "1.27"}}

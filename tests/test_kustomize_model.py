@@ -14,6 +14,13 @@ import yaml
 from manifests_rewriter.kustomize_model import KustomizeError, build, is_matched, split
 
 KUBECTL = shutil.which("kubectl")
+
+
+class _Loader(yaml.SafeLoader):
+    """kubectl prints a plain `=` (YAML 1.1 "value" tag): read it as the string it is."""
+
+
+_Loader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node))
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (kustomize built in) not installed")
 
 
@@ -53,7 +60,7 @@ def kubectl_images(d: Path) -> dict[tuple[str, str], str]:
             for i, v in enumerate(node):
                 walk(v, f"{ptr}/{i}", res)
 
-    for doc in yaml.safe_load_all(out):
+    for doc in yaml.load_all(out, Loader=_Loader):  # noqa: S506 - SafeLoader subclass
         if doc:
             walk(doc, "", f"{doc['kind']}/{doc['metadata']['name']}")
     return found
@@ -246,7 +253,7 @@ def test_remote_resources_and_helm_charts_are_notes_not_fetches(tmp_path):
     assert [f.image for f in b.fields] == ["nginx:1"]
     assert any("remote resource https://github.com/example/repo//base?ref=v1 not fetched" in n for n in b.notes)
     assert any("helmCharts redis 1.0.0 not rendered" in n for n in b.notes)
-    assert any("patches may set images" in n for n in b.notes)
+    assert any("patches not modelled; they can add, change or delete images" in n for n in b.notes)
     assert b.helm_charts[0]["valuesInline"] == {"image": {"tag": "7"}}
 
 
@@ -265,3 +272,14 @@ def test_bad_trees_are_one_line_errors(tmp_path):
     with pytest.raises(KustomizeError) as info:
         build(tmp_path / "d")
     assert "\n" not in str(info.value) and "not valid YAML" in str(info.value)
+
+
+@needs_kubectl
+def test_files_go_yaml_accepts_are_read_too(tmp_path):
+    """argocd-example-apps ships a Service with a tab after every plain scalar: kubectl reads it,
+    pure-Python PyYAML does not (libyaml does); and a plain `=` scalar (AlertmanagerConfig matchType)."""
+    d = write(tmp_path / "k", {"resources": ["svc.yaml", "app.yaml"], "images": [{"name": "nginx", "newTag": "2"}]},
+              app=deployment("a", "nginx:1"))
+    (d / "svc.yaml").write_text("apiVersion: v1\t\nkind: Service\t\nmetadata:\t\n  name: s\t\n  labels: {m: =}\n"
+                                "spec:\t\n  ports:\t\n  - port: 80\t\n")
+    assert assert_same_as_kubectl(d) == {("Deployment/a", "/spec/template/spec/containers/0/image"): "nginx:2"}

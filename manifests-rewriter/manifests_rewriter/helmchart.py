@@ -57,8 +57,13 @@ class ChartError(ValueError):
     """A chart that cannot be read; the message names it and says why."""
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also accepts a plain `=` scalar (YAML 1.1 "value" tag has no constructor)."""
+_BASE: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BASE):  # type: ignore[valid-type,misc]
+    """The safe loader, libyaml's when present: it accepts what Go YAML accepts and pure-Python
+    PyYAML refuses (a tab after a plain scalar, seen in argocd-example-apps); plus a plain `=`
+    scalar (the YAML 1.1 "value" tag has no constructor in PyYAML)."""
 
 
 def _plain_scalar(loader: yaml.SafeLoader, node: yaml.Node) -> Any:

@@ -58,8 +58,13 @@ class KustomizeError(ValueError):
     """A kustomization that cannot be read; the message names the file and says why."""
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also accepts a plain `=` scalar (YAML 1.1 "value" tag has no constructor)."""
+_BASE: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BASE):  # type: ignore[valid-type,misc]
+    """The safe loader, libyaml's when present: it accepts what Go YAML accepts and pure-Python
+    PyYAML refuses (a tab after a plain scalar, seen in argocd-example-apps); plus a plain `=`
+    scalar (the YAML 1.1 "value" tag has no constructor in PyYAML)."""
 
 
 def _plain_scalar(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
@@ -290,8 +295,10 @@ def _build(directory: str, acc: list[_Resource], depth: int, stack: tuple[str, .
     b.specs = specs
 
     for key in ("patches", "patchesStrategicMerge", "patchesJson6902", "replacements"):
-        if k.get(key) and _mentions_image(k[key], directory):
-            b.notes.append(f"{kfile}: {key} may set images; patches are not modelled (check with kubectl kustomize)")
+        if k.get(key):
+            what = ("can add, change or delete images (they write image fields or delete objects)"
+                    if _mentions_image(k[key], directory) else "write no image field")
+            b.notes.append(f"{kfile}: {key} not modelled; they {what}")
 
     # this kustomization's own images: entries, in order, over everything accumulated
     entries = [_entry(e, kfile, i) for i, e in enumerate(_list(k, "images", kfile, dicts=True))]
@@ -475,15 +482,15 @@ def _pointer(path: tuple[str | int, ...]) -> str:
 
 
 def _mentions_image(patches: Any, directory: str) -> bool:
-    text = yaml.safe_dump(patches)
-    if re.search(r"\bimage\b", text):
+    images = re.compile(r"\bimage\b|\$patch:\s*delete|\bop:\s*remove\b")
+    if images.search(yaml.safe_dump(patches)):
         return True
     for p in patches if isinstance(patches, list) else []:
         ref = p.get("path") if isinstance(p, dict) else p if isinstance(p, str) else None
         if ref and not _is_remote(ref):
             try:
                 with open(os.path.join(directory, ref), encoding="utf-8") as f:
-                    if re.search(r"\bimage\b", f.read(MAX_FILE_BYTES)):
+                    if images.search(f.read(MAX_FILE_BYTES)):
                         return True
             except OSError:
                 continue
