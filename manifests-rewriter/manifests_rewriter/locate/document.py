@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -271,6 +272,8 @@ class Walker:
         self.skipped: set[int] = set()  # collections not entered (nothing image-like in them)
         self._pairs: dict[int, dict[str, tuple[Node, Node]]] = {}
         self._scalars: dict[int, Scalar] = {}
+        self.claimed: set[int] = set()  # subtrees another locator read (a hand-off): not walked again
+        self.collect: Any = None  # locate(collect=): releases and values sources (locate.release.Collected)
 
     def scalar(self, node: ScalarNode) -> Scalar:
         found = self._scalars.get(id(node))
@@ -393,9 +396,11 @@ def root_pairs(node: Node | None) -> dict[str, Node]:
 
 TOP, ITEMS, STATUS, MARKED = 1, 2, 4, 8  # walk flags: an object root, List items, under status, marked key
 COLLECTIONS = (MappingNode, SequenceNode)
-# "ontainers" covers containers/initContainers/ephemeralContainers; "HelmRelease" lets a Flux
-# HelmRelease's root through to its hand-off (gitops.py)
-RELEVANT = re.compile(r"image|ontainers|HelmRelease|[*\\]", re.IGNORECASE)
+# "ontainers" covers containers/initContainers/ephemeralContainers; the GitOps kinds let their
+# roots through to gitops.py even without an image word (a release that overrides nothing still
+# runs its chart's images; a Flux source or a values Secret names what releases use)
+RELEVANT = re.compile(r"image|ontainers|(?-i:HelmRelease|Application|HelmChart|Repository\b|\bSecret\b)|[*\\]",
+                      re.IGNORECASE)
 
 Context = tuple  # (kind, namespace, name) of the object a node belongs to
 Visitor = Callable[["Walker", int, tuple, Mapping[str, tuple[Node, Node]], Context, int], Iterator[ImageField]]
@@ -429,8 +434,8 @@ def walk(w: Walker, index: int, root: Node, visitors: tuple[Visitor, ...], *, ce
     push = stack.append
     while stack:
         node, cell, ctx, flags = stack.pop()
-        if id(node) in seen:  # reached again through an alias: a cycle, or one more visit
-            if w.is_cycle(node, cell[0]):
+        if id(node) in seen:  # reached again through an alias: a cycle, or one more visit; or handed off
+            if id(node) in w.claimed or w.is_cycle(node, cell[0]):
                 continue
         else:
             seen.add(id(node))

@@ -6,13 +6,14 @@ import os
 import re
 from collections.abc import Iterable
 
-from yaml.nodes import MappingNode, Node
+from yaml.nodes import MappingNode, Node, SequenceNode
 
 from .document import root_pairs, text_of
 
 _COMPOSE_NAME = re.compile(r"(?:compose(?:\.[\w-]+)*|docker-compose[\w.-]*)\.ya?ml", re.IGNORECASE)
 _VALUES_NAME = re.compile(r"values[\w.-]*\.ya?ml", re.IGNORECASE)
 _KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+_HELMFILE_NAME = re.compile(r"helmfile\.ya?ml", re.IGNORECASE)
 _NOT_VALUES = ("chart.yaml", "chart.lock", "requirements.yaml", "requirements.lock")
 
 
@@ -29,21 +30,32 @@ def _is_compose_root(root: Node | None) -> bool:
     )
 
 
+def _is_helmfile_root(root: Node | None) -> bool:
+    """A top-level `releases:` list whose entries name a chart (Helmfile), not a manifest."""
+    pairs = root_pairs(root)
+    releases = pairs.get("releases")
+    if "apiVersion" in pairs or "kind" in pairs or not isinstance(releases, SequenceNode) or not releases.value:
+        return False
+    return all(isinstance(r, MappingNode) and {"name", "chart"} <= root_pairs(r).keys() for r in releases.value)
+
+
 def _is_manifest_root(root: Node | None) -> bool:
     pairs = root_pairs(root)
     return "apiVersion" in pairs and "kind" in pairs
 
 
 def file_kind(filename: str, documents: Iterable[Node | None] = ()) -> str:
-    """What a file holds: "manifest", "helm-values", "kustomization" or "compose".
+    """What a file holds: "manifest", "helm-values", "kustomization", "compose" or "helmfile".
 
     By name first (`kustomization.yaml`, `compose.yaml`, `docker-compose*.yml`,
-    `values*.yaml`), then by content (`kind: Kustomization`; a top-level `services:`
-    whose entries have `image`/`build`); a file next to a `Chart.yaml` that is not a
-    manifest is Helm values too."""
+    `values*.yaml`, `helmfile.yaml`, `helmfile.d/*.yaml`), then by content (`kind: Kustomization`;
+    a top-level `services:` whose entries have `image`/`build`; a top-level `releases:` list of
+    charts); a file next to a `Chart.yaml` that is not a manifest is Helm values too."""
     base = os.path.basename(filename)
     if base in _KUSTOMIZATION_NAMES or base.lower() in _KUSTOMIZATION_NAMES[:2]:
         return "kustomization"
+    if _HELMFILE_NAME.fullmatch(base) or os.path.basename(os.path.dirname(filename)) == "helmfile.d":
+        return "helmfile"
     if _COMPOSE_NAME.fullmatch(base):
         return "compose"
     if _VALUES_NAME.fullmatch(base):
@@ -57,6 +69,8 @@ def file_kind(filename: str, documents: Iterable[Node | None] = ()) -> str:
             return "kustomization"
     if documents and all(_is_compose_root(d) for d in documents):
         return "compose"
+    if documents and all(_is_helmfile_root(d) for d in documents):
+        return "helmfile"
     if (
         base
         and base.lower() not in _NOT_VALUES

@@ -1,0 +1,340 @@
+#!/usr/bin/env python3
+"""Measure image location on real Helm values files and GitOps resources (issue 10 items 1-3).
+
+    scripts/check_gitops_corpus.py [CORPUS_DIR] [-v]     (default: ../ext/helmcorpus)
+
+CORPUS_DIR is the helmcorpus ground truth (kept outside every repository): files/ with the real
+files in their repositories' layout, EXPECTED.json (its `_meta` explains the fields). For every
+file it lists:
+
+1. Images: each expected image is matched to a located field by its JSON pointers (a field's
+   scalar and parts, inner pointers `ptr|inner` for YAML held in block scalars) and its
+   reference: "found" (right reference), "wrong" (the field, another reference: e.g. a tag
+   missing), "warning" (reported as a hint only), "missing". A located field no expected image
+   accounts for, or one touching a `not_images` pointer, is a false positive.
+2. Rewriting: every located image is rewritten in memory to crazureblue.azurecr.io/<host>/<path>;
+   the result must parse, differ only inside the edits, a second scan must find only targets,
+   and a second rewrite must change nothing.
+3. Chart defaults (when manifests_rewriter.charts exists): the images each release runs with
+   its chart resolved from the corpus (`chart_resolved`), against `releases[].runs`.
+
+Prints the figures; exits 1 when anything is missing, wrong or a false positive (-v: per image).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "manifests-rewriter"))
+
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode  # noqa: E402
+
+from manifests_rewriter.locate import ImageField, YamlError, compose_documents, locate, make_scalar  # noqa: E402
+from manifests_rewriter.locate.document import LINE_BREAK, bom_offset  # noqa: E402
+from manifests_rewriter.reference import ImageRef, try_parse  # noqa: E402
+from manifests_rewriter.splice import SpliceError, apply_edits, byte_span, edits_for  # noqa: E402
+
+TARGET_REGISTRY = "crazureblue.azurecr.io"
+SKIPPED_KINDS = {"kustomization", "helm-template"}  # measured by the kustomize helper's own script
+
+
+def target_of(ref: ImageRef) -> ImageRef:
+    host = re.sub(r"[^a-z0-9._-]+", "-", ref.registry.lower()).strip("-")
+    return ref.with_name(TARGET_REGISTRY, f"{host}/{ref.repository}")
+
+
+def same(a: str | None, b: str | None) -> bool:
+    if a is None or b is None:
+        return False
+    ra, rb = try_parse(a), try_parse(b)
+    return ra is not None and rb is not None and str(ra) == str(rb)
+
+
+# ------------------------------------------------------------------------ offsets -> pointers
+
+
+def _esc(key: object) -> str:
+    return str(key).replace("~", "~0").replace("/", "~1")
+
+
+def _scalar_pointers(text: str, offset: int, root: Node, prefix: str, out: dict[tuple[int, int], str],
+                     inner_at: set[str], shift: list[int] | None = None) -> None:
+    """Map each scalar's value region (start, end) to its pointer; scalars whose pointer is in
+    `inner_at` are block scalars holding YAML: their content is mapped too (`ptr|inner`)."""
+    stack: list[tuple[Node, str]] = [(root, "")]
+    seen: set[int] = set()
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, ScalarNode):
+            s = make_scalar(node, text, offset)
+            span = (s.start, s.end) if shift is None else (shift[s.start] if s.start < len(shift) else s.start,
+                                                             shift[s.end - 1] + 1 if s.end > s.start else s.start)
+            out.setdefault(span, prefix + path)
+            if prefix + path in inner_at and shift is None:
+                _inner(text, s.start, node, prefix + path, out)
+        elif isinstance(node, MappingNode):
+            for k, v in node.value:
+                stack.append((v, f"{path}/{_esc(k.value)}"))
+        elif isinstance(node, SequenceNode):
+            for i, v in enumerate(node.value):
+                stack.append((v, f"{path}/{i}"))
+
+
+def _inner(text: str, start: int, node: ScalarNode, where: str, out: dict[tuple[int, int], str]) -> None:
+    """A block scalar's content read as YAML, its offsets mapped back into the file."""
+    inner = node.value
+    # the content lines in the file: from `start` (first content char), each line indented alike
+    line_start = text.rfind("\n", 0, start) + 1
+    indent = start - line_start
+    shift: list[int] = []
+    pos = line_start
+    for line in inner.split("\n"):
+        m = LINE_BREAK.search(text, pos)
+        end_of_line = m.start() if m else len(text)
+        col0 = pos + indent if end_of_line - pos >= indent else end_of_line
+        shift.extend(col0 + i for i in range(len(line)))
+        shift.append(col0 + len(line))  # the line break
+        pos = m.end() if m else len(text)
+    try:
+        docs = compose_documents(inner)
+    except YamlError:
+        return
+    for i, doc in enumerate(docs):
+        if doc is not None:
+            _scalar_pointers(inner, 0, doc, where + "|" + (f"#{i}" if i else ""), out, set(), shift)
+
+
+def pointer_map(text: str, inner_at: set[str]) -> dict[tuple[int, int], str]:
+    out: dict[tuple[int, int], str] = {}
+    offset = bom_offset(text)
+    for i, doc in enumerate(compose_documents(text)):
+        if doc is not None:
+            _scalar_pointers(text, offset, doc, f"#{i}" if i else "", out, inner_at)
+    return out
+
+
+def norm(pointer: str) -> str:
+    return pointer[2:] if pointer.startswith("#0") else pointer
+
+
+def field_pointers(f: ImageField, where: dict[tuple[int, int], str]) -> set[str]:
+    """The pointers of a field's scalars, and of the keys of its own map (an empty `repository`
+    that falls back to a global one is still this map's)."""
+    scalars = ([f.scalar] if f.scalar is not None else []) + list(f.parts.values())
+    found = {where.get((s.start, s.end), f"?{s.start}") for s in scalars}
+    doc = f"#{f.document}" if f.document else ""
+    if f.scalar is None:
+        found |= {doc + f.path + "/" + k for k in ("repository", "image", "name", "tag")}
+    return found
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+def read(corpus: Path, key: str) -> tuple[str, str]:
+    """(text, filename to locate it as); `x.tgz!dir/values.yaml` is a member of a packaged chart."""
+    path, _, member = key.partition("!")
+    if not member:
+        return (corpus / path).read_bytes().decode("utf-8"), str(corpus / path)
+    with tarfile.open(corpus / path, "r:gz") as tar:
+        handle = tar.extractfile(member)
+        assert handle is not None
+        return handle.read().decode("utf-8"), member
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.rows: dict[str, Counter[str]] = {}
+        self.problems: list[str] = []
+        self.notes: list[str] = []
+        self.counts: Counter[str] = Counter()
+
+    def add(self, kind: str, what: str, n: int = 1) -> None:
+        self.rows.setdefault(kind, Counter())[what] += n
+
+
+COLUMNS = ("expected", "found", "wrong", "warning", "missing", "needs-chart", "false+")
+
+
+def check_images(t: Tally, key: str, want: dict, fields: list[ImageField], where: dict[tuple[int, int], str],
+                 verbose: bool) -> None:
+    kind = want["kind"]
+    used: set[int] = set()
+    for img in want.get("images", []):
+        fields_ = {r: norm(p) for r, p in (img.get("fields") or {}).items() if isinstance(p, str)}
+        if not fields_:
+            t.add(kind, "expected")
+            t.add(kind, "missing")
+            t.notes.append(f"{key}: {img.get('image')}: not a field of this YAML ({img.get('notes', '')[:80]})")
+            continue
+        retarget = [norm(p) for p in img.get("retarget_fields") or []]
+        primary = next((fields_[r] for r in ("repository", "image", "name", "kustomize_image") if r in fields_),
+                       retarget[0] if retarget else next(iter(fields_.values())))
+        keys = [primary]
+        t.add(kind, "expected")
+        image = img.get("image")
+        candidates = [(i, f) for i, f in enumerate(fields) if field_pointers(f, where) & set(keys)]
+        good = [(i, f) for i, f in candidates if f.source != "hint" and same(f.value, image)]
+        hints = [(i, f) for i, f in candidates if f.source == "hint"]
+        if image is None or try_parse(image) is None:
+            # no reference can be formed from the file alone (placeholder tag, null repository)
+            for i, _ in candidates:
+                used.add(i)
+            t.add(kind, "found" if not [c for c in candidates if c[1].source != "hint"] else "false+")
+            if verbose:
+                t.notes.append(f"{key}: {image!r}: no reference expected; located {[f.value for _, f in candidates]}")
+            continue
+        if good:
+            used.update(i for i, _ in good)
+            t.add(kind, "found")
+            continue
+        if img.get("missing_retarget_fields") and not retarget:
+            used.update(i for i, _ in candidates)
+            t.add(kind, "needs-chart")
+            if verbose:
+                t.notes.append(f"{key}: {image}: the file writes only {sorted(fields_)}; the chart supplies the rest")
+            continue
+        if hints and not [c for c in candidates if c[1].source != "hint"]:
+            used.update(i for i, _ in hints)
+            t.add(kind, "warning")
+            t.problems.append(f"{key}: {image}: reported as a warning only ({hints[0][1].value!r})")
+            continue
+        if candidates:
+            used.update(i for i, _ in candidates)
+            t.add(kind, "wrong")
+            t.problems.append(f"{key}: {image}: located as {[f.value for _, f in candidates]}")
+            continue
+        t.add(kind, "missing")
+        t.problems.append(f"{key}: missing {image} at {keys[0]}")
+    not_images = {norm(n["pointer"]) for n in want.get("not_images", []) if "pointer" in n}
+    for i, f in enumerate(fields):
+        pointers = field_pointers(f, where)
+        if pointers & not_images:
+            t.add(kind, "false+")
+            t.problems.append(f"{key}: false positive at {sorted(pointers & not_images)}: {f.value!r}")
+        elif i not in used and f.source != "hint":
+            t.add(kind, "false+")
+            t.problems.append(f"{key}: extra {f.source} image {f.value!r} at {f.path}")
+        elif i not in used:
+            t.counts["other warnings"] += 1
+            if verbose:
+                t.notes.append(f"{key}: warning {f.value!r} at {f.path}: {f.note}")
+
+
+def check_rewrite(t: Tally, key: str, text: str, filename: str, fields: list[ImageField]) -> None:
+    edits = []
+    for field in fields:
+        ref = try_parse(field.value)
+        if field.source == "hint" or ref is None:
+            continue
+        try:
+            edits.extend(edits_for(field, target_of(ref)))
+        except SpliceError as exc:
+            t.problems.append(f"{key}: cannot rewrite {field.path}: {exc}")
+            continue
+        t.counts["fields rewritten"] += 1
+    if not edits:
+        return
+    try:
+        new = apply_edits(text, edits)
+    except SpliceError as exc:
+        t.problems.append(f"{key}: edits do not apply: {exc}")
+        return
+    t.counts["files rewritten"] += 1
+    old_b, new_b = text.encode(), new.encode()
+    pos_old = pos_new = 0
+    for edit in sorted(set(edits), key=lambda e: (e.start, e.end)):
+        s, e = byte_span(text, edit.start, edit.end)
+        keep = old_b[pos_old:s]
+        if new_b[pos_new:pos_new + len(keep)] != keep:
+            t.problems.append(f"{key}: bytes outside the edits changed near byte {s}")
+            return
+        pos_new += len(keep) + len(edit.new.encode())
+        pos_old = e
+    if new_b[pos_new:] != old_b[pos_old:]:
+        t.problems.append(f"{key}: bytes after the last edit changed")
+        return
+    try:
+        after = locate(new, filename=filename)
+    except YamlError as exc:
+        t.problems.append(f"{key}: rewritten text does not parse: {exc}")
+        return
+    for field in after:
+        ref = try_parse(field.value)
+        if field.source == "hint" or ref is None:
+            continue
+        if ref.registry != TARGET_REGISTRY:
+            t.problems.append(f"{key}: after the rewrite {field.path} is still {field.value!r}")
+            continue
+        try:
+            again = edits_for(field, ref)
+        except SpliceError as exc:
+            t.problems.append(f"{key}: second rewrite of {field.path} fails: {exc}")
+            continue
+        if again:
+            t.problems.append(f"{key}: second rewrite of {field.path} is not a no-op")
+    t.counts["rewrite checks passed"] += 1
+
+
+def main(argv: list[str]) -> int:
+    args = [a for a in argv[1:] if not a.startswith("-")]
+    verbose = "-v" in argv
+    corpus = Path(args[0]) if args else ROOT.parent / "ext" / "helmcorpus"
+    expected = json.loads((corpus / "EXPECTED.json").read_text(encoding="utf-8"))
+    t = Tally()
+    for key, want in sorted(expected["files"].items()):
+        if want["kind"] in SKIPPED_KINDS:
+            continue
+        text, filename = read(corpus, key)
+        if not filename.endswith((".yaml", ".yml")):
+            t.counts["not discovered (.gotmpl: a Go template)"] += 1
+            for _ in want.get("images", []):
+                t.add(want["kind"], "expected")
+                t.add(want["kind"], "missing")
+            t.notes.append(f"{key}: not a .yaml file; its {len(want.get('images', []))} image(s) are not scanned")
+            continue
+        t.counts["files"] += 1
+        try:
+            fields = locate(text, filename=filename)
+        except YamlError as exc:
+            if "{{" in text:  # a Go template (helmfile.yaml): skipped with a notice, never an error
+                t.counts["Go templates (not YAML until rendered)"] += 1
+                for _ in want.get("images", []):
+                    t.add(want["kind"], "expected")
+                    t.add(want["kind"], "missing")
+                continue
+            t.problems.append(f"{key}: not read: {exc}")
+            continue
+        pointers = {norm(p) for img in want.get("images", []) for p in (img.get("fields") or {}).values()
+                    if isinstance(p, str)} | {norm(n["pointer"]) for n in want.get("not_images", []) if "pointer" in n}
+        where = pointer_map(text, {p.split("|")[0] for p in pointers if "|" in p})
+        check_images(t, key, want, fields, where, verbose)
+        check_rewrite(t, key, text, filename, fields)
+    print(f"corpus: {corpus}")
+    print(f"  {'kind':<28}" + "".join(f"{c:>12}" for c in COLUMNS))
+    total: Counter[str] = Counter()
+    for kind, row in sorted(t.rows.items()):
+        total.update(row)
+        print(f"  {kind:<28}" + "".join(f"{row[c]:>12}" for c in COLUMNS))
+    print(f"  {'all':<28}" + "".join(f"{total[c]:>12}" for c in COLUMNS))
+    for k, v in sorted(t.counts.items()):
+        print(f"  {k}: {v}")
+    for line in t.notes:
+        print(f"  note: {line}")
+    print(f"problems: {len(t.problems)}")
+    for line in t.problems:
+        print(f"  {line}")
+    return 1 if t.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
