@@ -230,6 +230,31 @@ def check_images(t: Tally, key: str, want: dict, fields: list[ImageField], where
                 t.notes.append(f"{key}: warning {f.value!r} at {f.path}: {f.note}")
 
 
+def completed(fields: list[ImageField], text: str, filename: str, root: Path) -> list[ImageField]:
+    """The fields as a scan reports them: a values file of a chart in the tree gets what the chart
+    adds (a tag from appVersion, a subchart's defaults) from the chart pass."""
+    from dataclasses import replace
+
+    from manifests_rewriter.charts import LocalCharts, chart_pass
+    from manifests_rewriter.locate import Collected
+
+    collect = Collected()
+    locate(text, filename=filename, collect=collect)
+    releases = [r for r in collect.releases if r.kind == "chart values"]
+    if not releases:
+        return fields
+    for r in releases:
+        r.file = filename
+    updates = chart_pass(releases, [], LocalCharts([], [str(root)]), roots=[str(root)]).updates
+    out = []
+    for f in fields:
+        for (_, document, path, written), image in updates.items():
+            if f.document == document and f.path.startswith(path) and f.value == written:
+                f = replace(f, value=image)
+        out.append(f)
+    return out
+
+
 def check_rewrite(t: Tally, key: str, text: str, filename: str, fields: list[ImageField]) -> None:
     edits = []
     for field in fields:
@@ -285,6 +310,111 @@ def check_rewrite(t: Tally, key: str, text: str, filename: str, fields: list[Ima
     t.counts["rewrite checks passed"] += 1
 
 
+def build_cache(corpus: Path, expected: dict, cache: Path) -> None:
+    """A chart directory (`--chart-dir`) holding, under the names a release asks for, the charts the
+    corpus resolved its releases to (as a Helm cache would hold the published ones: a chart whose
+    appVersion the release pipeline stamps gets it stamped here too)."""
+    import shutil
+
+    from manifests_rewriter.locate import Collected
+
+    shutil.rmtree(cache, ignore_errors=True)
+    cache.mkdir(parents=True)
+    for key, want in expected["files"].items():
+        for rel in want.get("releases", []):
+            resolved = rel.get("chart_resolved")
+            if not resolved:
+                continue
+            text, filename = read(corpus, key)
+            collect = Collected()
+            locate(text, filename=filename, collect=collect)
+            for release in collect.releases:
+                if release.document != rel.get("doc", 0) or release.chart is None or release.chart.path and \
+                        not release.chart.path.endswith(".tgz"):
+                    continue
+                chart = release.chart
+                source = corpus / resolved
+                if chart.path:  # a packaged chart named by file (k3s)
+                    (cache / Path(chart.path).name).symlink_to(source)
+                    continue
+                meta_name = yaml_load((source / "Chart.yaml").read_text()).get("name") if source.is_dir() else None
+                name = chart.name or (chart.repo.rstrip("/").rsplit("/", 1)[-1] if chart.repo else meta_name)
+                stamped = re.search(r"(v\d+\.\d+\.\d+)", rel.get("resolution", "")) if "stamped" in \
+                    rel.get("resolution", "") + rel.get("chart", "") or "appVersion" in rel.get("resolution", "") else None
+                if source.is_dir():
+                    meta = yaml_load((source / "Chart.yaml").read_text())
+                    version = stamped.group(1) if stamped else str(meta.get("version"))
+                    target = cache / f"{name}-{version}"
+                    if target.exists():
+                        continue
+                    if stamped:  # as published: version and appVersion stamped
+                        shutil.copytree(source, target, symlinks=True)
+                        meta.update(version=version, appVersion=version)
+                        (target / "Chart.yaml").write_text(yaml_dump(meta))
+                    else:
+                        target.symlink_to(source)
+
+
+def yaml_load(text: str) -> dict:
+    import yaml
+
+    return yaml.safe_load(text) or {}
+
+
+def yaml_dump(data: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def check_releases(t: Tally, corpus: Path, expected: dict, verbose: bool) -> None:
+    """Chart defaults: what each release runs, chart resolved from the cache, against `runs`."""
+    import functools
+
+    from manifests_rewriter.charts import LocalCharts
+    from manifests_rewriter.naming import target_for
+    from manifests_rewriter.policy import Policy
+    from manifests_rewriter.scan import scan_paths
+
+    cache = corpus.parent / "gitops" / "chart-cache"
+    build_cache(corpus, expected, cache)
+    policy = Policy(r"^crazureblue\.azurecr\.io/.+$")
+    to_target = functools.partial(target_for, registry=TARGET_REGISTRY, template="{registry}/{repository}")
+    scanned: dict[Path, object] = {}
+    for key, want in sorted(expected["files"].items()):
+        for rel in want.get("releases", []):
+            runs = {r["image"] for r in rel.get("runs", []) if r.get("image")}
+            kind = "release (chart resolved)" if rel.get("chart_resolved") else "release (not in corpus)"
+            root = corpus / "/".join(key.split("/")[:2])
+            if root not in scanned:
+                scanned[root] = scan_paths([str(root)], policy, to_target, charts=LocalCharts([str(cache)], [str(root)]))
+            result = scanned[root]
+            file = str(corpus / key)
+            got = {f.image for f in result.findings if f.file == file and f.document == rel.get("doc", 0)}  # type: ignore[attr-defined]
+            in_tree = rel.get("chart_resolved") and (corpus / rel["chart_resolved"]).is_relative_to(root)
+            if in_tree:  # a chart in the scanned tree: its values files report its images themselves
+                chart_dir = str(corpus / rel["chart_resolved"]) + "/"
+                got |= {f.image for f in result.findings if (f.file or "").startswith(chart_dir)}  # type: ignore[attr-defined]
+            notices = [n for n in result.notices if n.file == file]  # type: ignore[attr-defined]
+            t.add(kind, "expected", len(runs))
+            if not rel.get("chart_resolved"):
+                t.counts["releases without a resolvable chart: warned"] += bool(notices) or not runs
+                if not notices and not got:
+                    t.problems.append(f"{key}: {rel['resource']}: chart not resolvable, and no warning")
+                t.add(kind, "found", len(runs & got))
+                continue
+            t.add(kind, "found", len(runs & got))
+            for image in sorted(runs - got):
+                t.add(kind, "missing")
+                t.problems.append(f"{key}: {rel['resource']} runs {image}: not reported"
+                                  + (f" ({notices[0].message})" if notices else ""))
+            for image in sorted(got - runs):
+                t.add(kind, "false+")
+                t.problems.append(f"{key}: {rel['resource']}: reported {image}, which it does not run")
+            if verbose:
+                t.notes.append(f"{key}: {rel['resource']}: {sorted(got)}")
+
+
 def main(argv: list[str]) -> int:
     args = [a for a in argv[1:] if not a.startswith("-")]
     verbose = "-v" in argv
@@ -305,6 +435,7 @@ def main(argv: list[str]) -> int:
         t.counts["files"] += 1
         try:
             fields = locate(text, filename=filename)
+            fields = completed(fields, text, filename, corpus / "/".join(key.split("/")[:2]))
         except YamlError as exc:
             if "{{" in text:  # a Go template (helmfile.yaml): skipped with a notice, never an error
                 t.counts["Go templates (not YAML until rendered)"] += 1
@@ -319,6 +450,7 @@ def main(argv: list[str]) -> int:
         where = pointer_map(text, {p.split("|")[0] for p in pointers if "|" in p})
         check_images(t, key, want, fields, where, verbose)
         check_rewrite(t, key, text, filename, fields)
+    check_releases(t, corpus, expected, verbose)
     print(f"corpus: {corpus}")
     print(f"  {'kind':<28}" + "".join(f"{c:>12}" for c in COLUMNS))
     total: Counter[str] = Counter()

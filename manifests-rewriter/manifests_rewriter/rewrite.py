@@ -12,13 +12,17 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from .files import FileError, SourceFile, WriteError, printable, write_atomic
-from .locate import YamlError, locate
+from .locate import Collected, YamlError, locate
 from .policy import Policy
 from .reference import ImageRef, ReferenceError, parse
-from .scan import read_sources
+from .scan import read_sources, release_views
 from .splice import Edit, SpliceError, apply_edits, edits_for
+
+if TYPE_CHECKING:
+    from .charts import ChartSource
 
 # source reference -> target reference, or a string saying why it must not be rewritten
 Resolve = Callable[[ImageRef], "ImageRef | str"]
@@ -72,15 +76,34 @@ class RewriteResult:
         return [f for f in self.files if f.changed]
 
 
-def plan_file(source: SourceFile, policy: Policy, resolve: Resolve, result: RewriteResult) -> FileRewrite | None:
+def plan_file(source: SourceFile, policy: Policy, resolve: Resolve, result: RewriteResult,
+              views: dict[tuple[int, str], Any] | None = None, roots: Iterable[str] = ()) -> FileRewrite | None:
+    """The file's edits. `views`: its Helm releases with their charts resolved, by (document,
+    pointer): the chart's default images get overrides in the release's values (charts.py)."""
+    collect = Collected(detail=True) if views else None
     try:
-        fields = locate(source.text, filename=source.display)
+        fields = locate(source.text, filename=source.display, collect=collect)
     except YamlError as exc:
         result.errors.append(FileError(source.display, f"not valid YAML, left unchanged: {exc}"))
         return None
     edits: list[Edit] = []
     changes: list[ImageChange] = []
+    covered: set[int] = set()  # scalars a release's plan edits: their fields' own edits give way
+    if collect is not None and views:
+        from .charts import release_edits
+
+        for release in collect.releases:
+            view = views.get((release.document, release.path))
+            if view is None:
+                continue
+            more, changed, skipped, edited = release_edits(release, view, policy, resolve, roots)
+            edits.extend(more)
+            covered |= edited
+            changes.extend(ImageChange(release.line, old, new) for old, new in changed)
+            result.skipped.extend(Skipped(source.display, release.line, image, why) for image, why in skipped)
     for fld in fields:
+        if covered and any(s.start in covered for s in ([fld.scalar] if fld.scalar else []) + list(fld.parts.values())):
+            continue
         if fld.source == "hint" or not policy.refuses(fld.value, namespace=fld.namespace, container=fld.container):
             continue
         try:
@@ -112,11 +135,20 @@ def plan_file(source: SourceFile, policy: Policy, resolve: Resolve, result: Rewr
 
 
 def rewrite_paths(paths: Iterable[str], policy: Policy, resolve: Resolve, *, write: bool = True,
-                  max_bytes: int = 16 * 1024 * 1024, exclude: tuple[str, ...] = ()) -> RewriteResult:
-    """Plan every file; with `write`, write the changed ones atomically."""
+                  max_bytes: int = 16 * 1024 * 1024, exclude: tuple[str, ...] = (),
+                  charts: ChartSource | None = None, views: dict[tuple[str, int, str], Any] | None = None) -> RewriteResult:
+    """Plan every file; with `write`, write the changed ones atomically. Helm releases get
+    overrides for their charts' default images: from `views` (a scan's), or resolved here
+    through `charts`."""
+    paths = list(paths)
     result = RewriteResult()
+    if views is None and charts is not None:
+        views = release_views(paths, charts, max_bytes=max_bytes, exclude=exclude)
+    by_file: dict[str, dict[tuple[int, str], Any]] = {}
+    for (file, document, pointer), view in (views or {}).items():
+        by_file.setdefault(file, {})[(document, pointer)] = view
     for source in read_sources(paths, max_bytes, exclude, result.errors):
-        planned = plan_file(source, policy, resolve, result)
+        planned = plan_file(source, policy, resolve, result, by_file.get(source.display), paths)
         if planned is None:
             continue
         result.files.append(planned)

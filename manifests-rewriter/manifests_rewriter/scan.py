@@ -17,12 +17,17 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .files import FileError, SourceFile, discover, read_source
-from .locate import ImageField, YamlError, locate
+from .locate import Collected, ImageField, Release, YamlError, locate
+from .locate.release import ValuesSource
 from .model import Finding
 from .policy import Policy
 from .reference import ImageRef, ReferenceError, parse
+
+if TYPE_CHECKING:
+    from .charts import ChartSource
 
 ToTarget = Callable[[ImageRef], ImageRef]
 
@@ -33,12 +38,18 @@ class ScanResult:
     warnings: list[Finding] = field(default_factory=list)
     errors: list[FileError] = field(default_factory=list)
     files: int = 0
+    # Helm releases the files declare and the objects they refer to (the chart pass, charts.py)
+    releases: list[Release] = field(default_factory=list)
+    sources: list[ValuesSource] = field(default_factory=list)
+    notices: list[FileError] = field(default_factory=list)  # what could not be checked (a chart not found)
+    views: dict[tuple[str, int, str], Any] = field(default_factory=dict)  # resolved releases, for `rewrite`
 
     def as_json(self) -> dict[str, object]:
         return {
             "findings": [f.as_json() for f in self.findings],
             "warnings": [w.as_json() for w in self.warnings],
             "errors": [e.as_json() for e in self.errors],
+            "notices": [n.as_json() for n in self.notices],
         }
 
 
@@ -69,17 +80,60 @@ def _judge(image: str, regex: str, to_target: ToTarget) -> tuple[str, str | None
 def scan_text(text: str, policy: Policy, to_target: ToTarget, *, file: str | None = None,
               result: ScanResult | None = None) -> ScanResult:
     result = result if result is not None else ScanResult()
+    collect = Collected()
     try:
-        fields = locate(text, filename=file or "")
+        fields = locate(text, filename=file or "", collect=collect)
     except YamlError as exc:
         result.errors.append(FileError(file or "<text>", f"not valid YAML, left unchanged: {exc}"))
         return result
+    _collected(collect, file or "<text>", result)
     for fld in fields:
         finding = classify(fld, policy, to_target, file)
         if finding is None:
             continue
         (result.warnings if fld.source == "hint" else result.findings).append(finding)
     return result
+
+
+def _collected(collect: Collected, file: str, result: ScanResult) -> None:
+    for release in collect.releases:
+        release.file = file
+    for source in collect.sources:
+        source.file = file
+    result.releases.extend(collect.releases)
+    result.sources.extend(collect.sources)
+    result.notices.extend(FileError(file, f"line {line}: {message}") for line, message in collect.notes)
+
+
+def chart_defaults(result: ScanResult, charts: ChartSource, policy: Policy | None, to_target: ToTarget | None,
+                   roots: Iterable[str]) -> None:
+    """The chart pass (charts.py): the default images of every release, located at the release."""
+    if not result.releases:
+        return
+    from .charts import apply_updates, chart_pass
+
+    found = chart_pass(result.releases, result.sources, charts, policy, to_target, roots=roots)
+    apply_updates(result.findings, found.updates)
+    result.findings.extend(found.findings)
+    result.notices.extend(found.notices)
+    result.views.update(found.views)
+
+
+def release_views(paths: Iterable[str], charts: ChartSource, *, max_bytes: int = 16 * 1024 * 1024,
+                  exclude: tuple[str, ...] = ()) -> dict[tuple[str, int, str], Any]:
+    """The releases of the files with their charts resolved (what a rewrite inserts overrides
+    from), when no scan came first."""
+    paths = list(paths)
+    result = ScanResult()
+    for source in read_sources(paths, max_bytes, exclude):
+        collect = Collected()
+        try:
+            locate(source.text, filename=source.display, collect=collect)
+        except YamlError:
+            continue
+        _collected(collect, source.display, result)
+    chart_defaults(result, charts, None, None, paths)
+    return result.views
 
 
 def read_sources(paths: Iterable[str], max_bytes: int, exclude: tuple[str, ...] = (),
@@ -131,8 +185,11 @@ def _parallel_workers(count: int, policy: Policy, to_target: ToTarget) -> int:
 
 
 def scan_paths(paths: Iterable[str], policy: Policy, to_target: ToTarget, *,
-               max_bytes: int = 16 * 1024 * 1024, exclude: tuple[str, ...] = ()) -> ScanResult:
-    """Scan every YAML file under `paths`; a large tree is spread over the machine's cores."""
+               max_bytes: int = 16 * 1024 * 1024, exclude: tuple[str, ...] = (),
+               charts: ChartSource | None = None) -> ScanResult:
+    """Scan every YAML file under `paths`; a large tree is spread over the machine's cores. With
+    `charts`, the default images of the Helm releases the files declare too (charts.py)."""
+    paths = list(paths)
     result = ScanResult()
     files: list[tuple[Path, str]] = []
     for item in discover(paths, exclude):
@@ -154,7 +211,12 @@ def scan_paths(paths: Iterable[str], policy: Policy, to_target: ToTarget, *,
             result.warnings.extend(part.warnings)
             result.errors.extend(part.errors)
             result.files += part.files
+            result.releases.extend(part.releases)
+            result.sources.extend(part.sources)
+            result.notices.extend(part.notices)
     finally:
         if workers > 1:
             pool.shutdown()
+    if charts is not None:
+        chart_defaults(result, charts, policy, to_target, paths)
     return result

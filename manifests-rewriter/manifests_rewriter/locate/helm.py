@@ -7,6 +7,7 @@ subtree another locator hands over (`locate_subtree`: a Flux HelmRelease's `spec
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from decimal import Decimal
@@ -20,7 +21,7 @@ from .document import MARKED, NULL_TAG, NUMBER_TAGS, STR_TAG, TOP, Walker, point
 from .fields import NO_PARTS, ImageField, Parts, Scalar
 from .pods import in_container_list
 from .pods import visit as pod_visit
-from .release import split_set_path
+from .release import CHART_VALUES, ChartRef, Release, split_set_path, to_data, values_layout
 
 SPLIT_KEYS = ("registry", "repository", "image", "name", "tag", "digest", "sha")
 NOT_IMAGE_KEYS = {"imagepullpolicy", "imagepullsecrets", "pullpolicy"}
@@ -275,7 +276,24 @@ def locate_subtree(w: Walker, index: int, root: Node, cell: tuple | None, ctx: t
 
 
 def locate_document(w: Walker, index: int, root: Node) -> Iterator[ImageField]:
-    return locate_subtree(w, index, root, None, (None, None, None))
+    yield from locate_subtree(w, index, root, None, (None, None, None))
+    if w.collect is not None and index == 0 and isinstance(root, MappingNode):
+        _chart_values(w, index, root)
+
+
+def _chart_values(w: Walker, index: int, root: MappingNode) -> None:
+    """A values file next to its Chart.yaml is a release of that chart (the chart pass fills in
+    what its subcharts and templates supply: tags from appVersion, packaged subcharts' images)."""
+    directory = os.path.dirname(w.collect.filename)
+    if not w.collect.filename or not os.path.isfile(os.path.join(directory or ".", "Chart.yaml")):
+        return
+    release = Release(CHART_VALUES, os.path.basename(os.path.abspath(directory or ".")), None, index, "", 1,
+                      ChartRef(path=".", base=directory or "."), "", values=to_data(w, root) or {})
+    w.collect.releases.append(release)
+    if w.collect.detail:
+        nested = next((v for _, v in root.value if isinstance(v, MappingNode) and v.value and not v.flow_style), None)
+        unit = " " * nested.value[0][0].start_mark.column if nested is not None else "  "
+        values_layout(w, root, release, unit if 1 <= len(unit) <= 8 else "  ")
 
 
 # --------------------------------------------------------------------- `--set` style parameters

@@ -26,6 +26,7 @@ from .fields import Scalar
 from .nested import EmbeddedWalker
 
 ValuesPath = tuple[str, ...]
+CHART_VALUES = "chart values"  # a values file next to its Chart.yaml: the chart's own release
 
 
 @dataclass(frozen=True)
