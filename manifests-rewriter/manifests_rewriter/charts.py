@@ -337,11 +337,31 @@ def _with_tag(value: str, app_version: str, v_prefix: bool) -> str:
     return f"{value}:{tag}"
 
 
+def _name_starts(f: ImageField) -> set[int]:
+    """Start offsets of the scalars that name the image (not its registry, tag or digest)."""
+    if f.scalar is not None:
+        return {f.scalar.start}
+    return {s.start for role, s in f.parts.items() if role in ("repository", "image", "name")}
+
+
+def _written(values: dict[str, Any]) -> dict[ValuesPath, str]:
+    """The images some values write themselves, by the path of their map and of the scalars
+    that name them: what the release's own fields say."""
+    fields, paths = _images_of(values)
+    out: dict[ValuesPath, str] = {}
+    for f in fields:
+        out[_unescape(f.path)] = f.value
+        for start in _name_starts(f):
+            if start in paths:
+                out[paths[start]] = f.value
+    return out
+
+
 def chart_images(loaded: _Loaded, values: dict[str, Any], inline_values: dict[str, Any]) -> list[ChartImage]:
     """Every image the release's merged values name, top chart and subcharts."""
     resolved = helmchart.resolve_values(loaded.chart, copy.deepcopy(values))
-    own = {_unescape(f.path): f.value for f in _images_of(values)[0]}
-    inline = {_unescape(f.path) for f in _images_of(inline_values)[0]}
+    own = _written(values)
+    inline = _written(inline_values)
     found: list[ChartImage] = []
     for sub in [resolved, *resolved.walk()]:
         fields, paths = _images_of(sub.values)
@@ -361,9 +381,11 @@ def chart_images(loaded: _Loaded, values: dict[str, Any], inline_values: dict[st
                 if p is not None:  # a global piece is the top chart's global (it wins over a subchart's)
                     where.append((s.start, p if p[:1] == ("global",) else (*sub.path, *p)))
             deployed = sub.enabled and _enabled(sub.values, local)
+            named = {path} | {p for start, p in where if start in _name_starts(f)}
+            written = next((own[p] for p in named if p in own), None)
             found.append(ChartImage(path, image, f"{meta.name} {meta.version}".strip(), deployed,
-                                    path in own, path in inline, own.get(path), meta.source, replace(f, value=image),
-                                    tuple(where)))
+                                    written is not None, any(p in inline for p in named), written, meta.source,
+                                    replace(f, value=image), tuple(where)))
     return found
 
 
@@ -633,10 +655,14 @@ def _insertions(release: Release, overrides: dict[ValuesPath, str]) -> tuple[lis
         for key in path[len(slot_at):-1]:
             node = node.setdefault(key, {})
         node[path[-1]] = new
-    edits = []
+    # places that end where another ends (a map that closes its parent) share one insertion:
+    # the deeper map's keys first, so each block follows the lines it belongs to
+    texts: dict[int, list[tuple[int, str]]] = {}
     for slot_at, tree in groups.items():
         slot = release.slots[slot_at]
-        edits.append(Edit(slot.offset, slot.offset, "", render(slot, tree)))
+        texts.setdefault(slot.offset, []).append((-len(slot_at), render(slot, tree)))
+    edits = [Edit(offset, offset, "", "".join(text for _, text in sorted(parts)))
+             for offset, parts in texts.items()]
     return edits, problems
 
 

@@ -365,10 +365,11 @@ def _argo_release(w: Walker, index: int, cell: tuple, src_cell: tuple, src: Mapp
                 release.slots[()] = slot
     else:
         _string_layout(w, values_string, release, "  ")
-    if isinstance(parameters, SequenceNode):  # parameters win over values: their scalars first
+    if isinstance(parameters, SequenceNode):  # parameters win over values: their scalars count, not their maps
         tree, _ = parameters_tree(w, parameters)
+        slots = dict(release.slots)
         values_layout(w, tree, release, "  ")
-        release.slots = {k: v for k, v in release.slots.items() if k not in _paths(tree)}
+        release.slots = slots
 
 
 def _record_layout(w: Walker, release: Release, values: MappingNode, column: int | None) -> None:
@@ -378,18 +379,6 @@ def _record_layout(w: Walker, release: Release, values: MappingNode, column: int
         slot = mapping_slot(w, values, "  ")
         if slot is not None:
             release.slots[()] = slot
-
-
-def _paths(tree: MappingNode) -> set[tuple[str, ...]]:
-    """Paths of the synthetic mappings of a parameters tree (not places to insert keys)."""
-    found: set[tuple[str, ...]] = set()
-    stack: list[tuple[Node, tuple[str, ...]]] = [(tree, ())]
-    while stack:
-        node, path = stack.pop()
-        if isinstance(node, MappingNode):
-            found.add(path)
-            stack.extend((v, (*path, k.value)) for k, v in node.value)
-    return found
 
 
 def _maybe_chart_path(w: Walker, path: str) -> bool:

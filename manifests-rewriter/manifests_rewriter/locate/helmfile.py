@@ -125,9 +125,11 @@ def _record(w: Walker, index: int, cell: tuple, entry: MappingNode, values: Node
             mapping_slot(w, entry, indent_unit(w, entry, None), wrap=("values",), item=True)
         if slot is not None:
             release.slots[()] = slot
-    if isinstance(settings, SequenceNode):
+    if isinstance(settings, SequenceNode):  # `set` wins over values: its scalars count, not its maps
         tree, _ = parameters_tree(w, settings)
+        slots = dict(release.slots)
         values_layout(w, tree, release, "  ")
+        release.slots = slots
 
 
 def _item_slot(w: Walker, items: SequenceNode) -> MapSlot | None:
