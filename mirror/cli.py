@@ -41,6 +41,31 @@ def cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def chart_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Where Helm releases' charts come from (their default images: the chart pass)."""
+    options = [
+        click.option("--chart-dir", "chart_dirs", multiple=True, type=click.Path(file_okay=False),
+                     help="Helm charts on disk (<name>-<version>.tgz or unpacked), repeatable; charts downloaded "
+                          "are kept in the first (default ~/.cache/acr-mirror/charts)."),
+        click.option("--offline-charts", is_flag=True,
+                     help="Never download a chart: the scanned tree and --chart-dir only (air-gapped runs)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _charts(context: Context, kwargs: dict[str, Any], paths: tuple[str, ...]) -> None:
+    from manifests_rewriter.charts import Charts, LocalCharts
+
+    from .charts import RemoteCharts, default_cache_dir
+
+    dirs = list(kwargs.pop("chart_dirs") or ()) or [default_cache_dir()]
+    offline = kwargs.pop("offline_charts")
+    remote = None if offline else RemoteCharts(context.settings, dirs[0])
+    context.charts = Charts(LocalCharts(dirs, paths), remote)
+
+
 def _cluster(kwargs: dict[str, Any]) -> ClusterOptions:
     return ClusterOptions(kwargs.pop("cluster"), kwargs.pop("kubeconfig"), kwargs.pop("context"),
                           kwargs.pop("namespace"), kwargs.pop("policy_from_cluster"), kwargs.pop("policy_file"))
@@ -75,12 +100,14 @@ def main() -> None:
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path())
 @cluster_options
+@chart_options
 @config_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "sarif"]), default="table")
 @guarded
 def scan(paths: tuple[str, ...], config_path: str | None, fmt: str, **kwargs: Any) -> None:
     """Find image references the policy would refuse. Exit 1 if there are any."""
     context = _open(config_path, _cluster(kwargs), strict=False)
+    _charts(context, kwargs, paths)
     result = pipeline.scan(context, paths)
     if fmt == "json":
         click.echo(report.scan_json(result))
@@ -94,6 +121,7 @@ def scan(paths: tuple[str, ...], config_path: str | None, fmt: str, **kwargs: An
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path())
 @cluster_options
+@chart_options
 @config_option
 @click.option("--image", "images", multiple=True, help="Also plan this image (repeatable).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
@@ -104,6 +132,7 @@ def plan(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...
          resolve: bool, **kwargs: Any) -> None:
     """Write the deterministic plan: source, digest, target, platforms, where found."""
     context = _open(config_path, _cluster(kwargs))
+    _charts(context, kwargs, paths)
     run = pipeline.build_plan(context, paths, images, resolve=resolve)
     text = run.plan.to_json()
     if output:
@@ -115,6 +144,7 @@ def plan(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path())
 @cluster_options
+@chart_options
 @config_option
 @click.option("--image", "images", multiple=True, help="Copy this image too (repeatable).")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="Execute this plan (no re-scan).")
@@ -129,6 +159,7 @@ def sync(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...
          **kwargs: Any) -> None:
     """Copy every refused image (or the plan's) into the target registry."""
     context = _open(config_path, _cluster(kwargs))
+    _charts(context, kwargs, paths)
     if plan_path:
         if paths or images:
             raise UsageError("--plan executes the plan as reviewed: give no PATH or --image with it")
@@ -155,6 +186,7 @@ def sync(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="Rewrite from this plan.")
 @click.option("--pin-digests", is_flag=True, help="With --plan: write repo:tag@sha256:... from the plan.")
 @cluster_options
+@chart_options
 @click.option("--apply", "apply_patches_", is_flag=True,
               help="With --cluster: really patch the owners (default: server-side dry run).")
 @click.option("--force", is_flag=True, help="With --cluster: patch objects managed by Helm, Argo CD or Flux too.")
@@ -185,6 +217,7 @@ def rewrite(paths: tuple[str, ...], config_path: str | None, check: bool, diff: 
     if not verify and cluster.enabled:
         raise UsageError("--cluster never patches a workload to an unverified image: drop --no-verify")
     context = _open(config_path, cluster)
+    _charts(context, kwargs, paths)
     pins: dict[str, str | None] = {}
     if plan_path and pin_digests:
         pins = {e.source: e.digest for e in Plan.load(plan_path).entries if e.digest}
@@ -215,6 +248,7 @@ def rewrite(paths: tuple[str, ...], config_path: str | None, check: bool, diff: 
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path())
 @cluster_options
+@chart_options
 @config_option
 @click.option("--dry-run", is_flag=True, help="Plan and show what would change; copy and write nothing.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a JSON (or .md) report.")
@@ -224,6 +258,7 @@ def migrate(paths: tuple[str, ...], config_path: str | None, dry_run: bool, repo
             engine: str | None, **kwargs: Any) -> None:
     """sync, verify, rewrite, then check that nothing left would be refused."""
     context = _open(config_path, _cluster(kwargs))
+    _charts(context, kwargs, paths)
     run = pipeline.migrate(context, paths, dry_run=dry_run, engine=engine)
     terminal.errors(run.scan)
     if report_path:

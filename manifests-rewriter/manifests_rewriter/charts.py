@@ -396,7 +396,7 @@ def chart_images(loaded: _Loaded, values: dict[str, Any], inline_values: dict[st
 class ChartPass:
     """What the chart pass adds to a scan."""
 
-    findings: list[Finding] = field(default_factory=list)  # default images, located at their release
+    defaults: list[tuple[str, ImageField, str]] = field(default_factory=list)  # (file, field at its release, chart)
     updates: dict[tuple[str | None, int | None, str | None, str], str] = field(default_factory=dict)
     notices: list[FileError] = field(default_factory=list)
     views: dict[tuple[str, int, str], ChartView] = field(default_factory=dict)
@@ -470,13 +470,11 @@ def _release_values(release: Release, chart_dir: str | None,
     return coalesce_tables(copy.deepcopy(release.values), merged)
 
 
-def chart_pass(releases: Iterable[Release], sources: Iterable[ValuesSource], charts: ChartSource,
-               policy: Policy | None = None, to_target: Callable[[ImageRef], ImageRef] | None = None, *,
+def chart_pass(releases: Iterable[Release], sources: Iterable[ValuesSource], charts: ChartSource, *,
                roots: Iterable[str] = (), read: Reader = _read_file) -> ChartPass:
-    """Resolve every release's chart and report what it runs (see the module docstring); without
-    a policy, only the views (what `rewrite` needs)."""
-    from .scan import classify
-
+    """Resolve every release's chart and say what it runs (see the module docstring): the default
+    images as fields located at their release (the scan judges them), updates for the fields the
+    release writes itself, notices, and the views `rewrite` plans overrides from."""
     result = ChartPass()
     roots = [os.path.abspath(r) for r in roots]
     all_sources = list(sources)
@@ -522,17 +520,12 @@ def chart_pass(releases: Iterable[Release], sources: Iterable[ValuesSource], cha
                 continue
             if not image.deployed or _in_tree(image.source, roots):
                 continue
-            if policy is None:
-                continue
             fld = replace(image.field, source="helm", document=release.document,
                           path=release.values_at + "/" + "/".join(k.replace("~", "~0").replace("/", "~1")
                                                                    for k in image.path),
                           line=release.line, kind=release.kind, namespace=release.namespace, name=release.name,
                           note=None, container=None)
-            finding = classify(fld, policy, to_target, release.file)  # type: ignore[arg-type]
-            if finding is not None:
-                reason = f"chart default ({image.chart}; not set in the release's values): {finding.reason}"
-                result.findings.append(replace(finding, reason=reason))
+            result.defaults.append((release.file, fld, image.chart))
     return result
 
 

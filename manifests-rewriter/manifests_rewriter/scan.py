@@ -14,7 +14,7 @@ import pickle
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,17 +112,22 @@ def chart_defaults(result: ScanResult, charts: ChartSource, policy: Policy | Non
         return
     from .charts import apply_updates, chart_pass
 
-    found = chart_pass(result.releases, result.sources, charts, policy, to_target, roots=roots)
+    found = chart_pass(result.releases, result.sources, charts, roots=roots)
     apply_updates(result.findings, found.updates)
-    result.findings.extend(found.findings)
+    if policy is not None and to_target is not None:
+        for file, fld, chart in found.defaults:
+            finding = classify(fld, policy, to_target, file)
+            if finding is not None:
+                reason = f"chart default ({chart}; not set in the release's values): {finding.reason}"
+                result.findings.append(replace(finding, reason=reason))
     result.notices.extend(found.notices)
     result.views.update(found.views)
 
 
 def release_views(paths: Iterable[str], charts: ChartSource, *, max_bytes: int = 16 * 1024 * 1024,
-                  exclude: tuple[str, ...] = ()) -> dict[tuple[str, int, str], Any]:
-    """The releases of the files with their charts resolved (what a rewrite inserts overrides
-    from), when no scan came first."""
+                  exclude: tuple[str, ...] = ()) -> ScanResult:
+    """The releases of the files with their charts resolved (`views`: what a rewrite inserts
+    overrides from) and the notices (charts not found), when no scan came first."""
     paths = list(paths)
     result = ScanResult()
     for source in read_sources(paths, max_bytes, exclude):
@@ -133,7 +138,7 @@ def release_views(paths: Iterable[str], charts: ChartSource, *, max_bytes: int =
             continue
         _collected(collect, source.display, result)
     chart_defaults(result, charts, None, None, paths)
-    return result.views
+    return result
 
 
 def read_sources(paths: Iterable[str], max_bytes: int, exclude: tuple[str, ...] = (),

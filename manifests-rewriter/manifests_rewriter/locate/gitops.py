@@ -325,9 +325,9 @@ def _argo_release(w: Walker, index: int, cell: tuple, src_cell: tuple, src: Mapp
     if not chart_name and (path is None or helm is None and not _maybe_chart_path(w, path)):
         return  # a plain directory or a kustomization, not a chart (a path with helm settings may be one)
     revision = _text(w, src, "targetRevision") or ""
-    if chart_name:
+    if chart_name:  # a registry without a scheme is OCI (Argo CD's `enableOCI` repositories)
         oci = repo if repo.startswith("oci://") else ("oci://" + repo if "://" not in repo and repo else "")
-        chart = ChartRef(name=chart_name, repo=oci or repo, version=revision)
+        chart = ChartRef(name=chart_name, repo=f"{oci.rstrip('/')}/{chart_name}" if oci else repo, version=revision)
     else:
         chart = ChartRef(path=path or "", base=os.path.dirname(w.collect.filename) if w.collect else "")
     values: dict[str, Any] = {}

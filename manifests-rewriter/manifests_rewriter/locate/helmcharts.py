@@ -48,6 +48,8 @@ def locate_helm_charts(w: Walker, index: int, root: MappingNode) -> Iterator[Ima
         repo = text_of(_get(w, entry, "repo")) or ""
         version = text_of(_get(w, entry, "version")) or ""
         base = os.path.dirname(w.collect.filename)
+        if repo.startswith("oci://"):
+            repo = f"{repo.rstrip('/')}/{name}"
         chart = ChartRef(name=name, repo=repo, version=version) if repo else \
             ChartRef(path=os.path.join(home, name), base=base)
         files = [text_of(_get(w, entry, "valuesFile")) or ""]

@@ -97,7 +97,9 @@ def _record(w: Walker, index: int, cell: tuple, entry: MappingNode, values: Node
     else:
         repo, _, name = chart.partition("/")
         if repo in repos:
-            ref = ChartRef(name=name, repo=repos[repo], version=version)
+            url = repos[repo]
+            ref = ChartRef(name=name, repo=f"{url.rstrip('/')}/{name}" if url.startswith("oci://") else url,
+                           version=version)
         else:
             ref = ChartRef(path=chart, base=base)  # a relative directory without ./
     merged: dict[str, Any] = {}

@@ -32,8 +32,9 @@ CHART_VALUES = "chart values"  # a values file next to its Chart.yaml: the chart
 @dataclass(frozen=True)
 class ChartRef:
     """The chart a release installs. One of: `path` (a chart directory or .tgz, relative to
-    `base`), `repo` + `name` (an HTTP Helm repository, or `oci://host/path` whose `name` is the
-    last path element), `source` (a Flux sourceRef, resolved in the chart pass)."""
+    `base`), `repo` + `name` (an HTTP Helm repository; or `oci://host/path/name`, the chart's
+    own repository, `name` its last element), `source` (a Flux sourceRef, resolved in the chart
+    pass)."""
 
     name: str = ""
     repo: str = ""
@@ -51,7 +52,8 @@ class ChartRef:
         else:
             text = f"{self.name} from {where}" if where else self.name
         if self.source and not where:
-            text = f"{self.name} from {self.source[0]} {'/'.join(x for x in self.source[1:] if x)}"
+            text = f"{self.name + ' ' if self.name else ''}from {self.source[0]} " \
+                   f"{'/'.join(x for x in self.source[1:] if x)}"
         return f"chart {text}" + (f" {self.version}" if self.version else "")
 
 
