@@ -336,3 +336,22 @@ def test_newest_version_in_a_range() -> None:
     assert newest(["1.2.3", "1.10.0", "2.0.0", "1.11.0-rc.1"], "1.x") == "1.10.0"
     assert newest(["v1.21.1", "v1.20.0"], "") == "v1.21.1"
     assert newest(["1.2.3"], "1.2.3") == "1.2.3" and newest(["1.2.3"], ">=2") is None
+
+
+def test_values_from_a_configmap_in_the_tree_and_one_that_is_not(tmp_path: Path, cache: Path) -> None:
+    tree = tmp_path / "repo"
+    tree.mkdir()
+    (tree / "web.yaml").write_text(FLUX + "    valuesFrom:\n    - kind: ConfigMap\n      name: web-values\n"
+                                          "    - kind: Secret\n      name: elsewhere\n")
+    (tree / "configmap.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web-values, namespace: apps}\ndata:\n"
+        "  values.yaml: |\n    image:\n      registry: quay.io\n      repository: org/nginx\n")
+    findings, notices = run(tree, cache)
+    assert sorted(f[3] for f in findings) == ["busybox:1.36", "quay.io/org/nginx:1.27.0"]  # the chart adds the tag
+    assert [n.split(": ", 1)[1] for n in notices] == [
+        "line 18: HelmRelease apps/web: valuesFrom Secret apps/elsewhere key values.yaml is not among the values of "
+        "the scanned files (only values*.yaml keys are read): the images it may set are not checked"]
+    changed = rewrite(tree, cache)
+    assert "repository: quay.io/org/nginx" in changed["configmap.yaml"][1]  # rewritten in the ConfigMap itself
+    assert "registry: crazureblue.azurecr.io" in changed["configmap.yaml"][1]
+    assert "registry" not in added(*changed["web.yaml"])  # the release adds only what the ConfigMap does not set

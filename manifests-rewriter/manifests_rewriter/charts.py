@@ -439,8 +439,9 @@ def _resolve_ref(release: Release, sources: dict[tuple[str, str | None, str | No
 
 def _release_values(release: Release, chart_dir: str | None,
                     values_sources: dict[tuple[str, str | None, str | None], ValuesSource],
-                    read: Reader, notices: list[str]) -> dict[str, Any]:
-    """The values the release gives Helm: value files, then valuesFrom, then its inline values."""
+                    read: Reader, notices: list[str], files: list[str]) -> dict[str, Any]:
+    """The values the release gives Helm: value files, then valuesFrom, then its inline values.
+    `files`: the other files those values come from (their findings get what the chart adds)."""
     merged: dict[str, Any] = {}
     base = release.files_base if release.files_base is not None else chart_dir
     for name in release.value_files:
@@ -456,17 +457,20 @@ def _release_values(release: Release, chart_dir: str | None,
             continue
         if isinstance(data, dict):
             merged = coalesce_tables(helmchart._string_keys(data), merged)
+            files.append(path)
     for ref in release.values_from:
         source = values_sources.get((ref.kind, release.home, ref.name))
         data = source.data.get(ref.key) if source is not None else None
-        if source is None and not ref.optional:
-            notices.append(f"valuesFrom {ref.kind} {release.home}/{ref.name} is not in the scanned files: "
-                           f"the images it may set are not checked")
+        if data is None and not ref.optional:
+            where = f"{ref.kind} {'/'.join(x for x in (release.home, ref.name) if x)} key {ref.key}"
+            notices.append(f"valuesFrom {where} is not among the values of the scanned files (only values*.yaml "
+                           f"keys are read): the images it may set are not checked")
             continue
-        if isinstance(data, dict):
+        if isinstance(data, dict) and source is not None:
             if ref.target_path:
                 data = {}  # a targetPath sets one value; its images, if any, are in the object itself
             merged = coalesce_tables(copy.deepcopy(data), merged)
+            files.append(source.file)
     return coalesce_tables(copy.deepcopy(release.values), merged)
 
 
@@ -502,7 +506,8 @@ def chart_pass(releases: Iterable[Release], sources: Iterable[ValuesSource], cha
             if isinstance(loaded, ChartError):
                 raise loaded
             chart_dir = path if os.path.isdir(path) else None
-            values = _release_values(release, chart_dir, values_sources, read, notes)
+            others: list[str] = []
+            values = _release_values(release, chart_dir, values_sources, read, notes, others)
             images = chart_images(loaded, values, release.values)
         except ChartError as exc:
             if release.optional:
@@ -517,6 +522,8 @@ def chart_pass(releases: Iterable[Release], sources: Iterable[ValuesSource], cha
             if image.own:  # the release writes it: its finding gets what the chart adds (a tag, a registry)
                 if image.written is not None and image.written != image.image:
                     result.updates[(release.file, release.document, release.path, image.written)] = image.image
+                    for other in [] if image.inline else others:  # a value file or ConfigMap writes it
+                        result.updates[(other, None, "", image.written)] = image.image
                 continue
             if not image.deployed or _in_tree(image.source, roots):
                 continue
@@ -541,11 +548,18 @@ def apply_updates(findings: list[Finding], updates: dict[tuple[str | None, int |
     """Give findings inside a resolved release the reference the chart makes of them."""
     if not updates:
         return
+    wanted = {written for (_, _, _, written) in updates}
     for i, f in enumerate(findings):
+        if f.image not in wanted or f.file is None:
+            continue
         for (file, document, path, written), image in updates.items():
-            if f.file == file and f.document == document and (f.path or "").startswith(path or "") and \
-                    f.image == written:
+            if f.image == written and (document is None or f.document == document) and \
+                    (f.path or "").startswith(path or "") and _same_file(f.file, file):
                 findings[i] = replace(f, image=image)
+
+
+def _same_file(a: str, b: str | None) -> bool:
+    return b is not None and (a == b or os.path.abspath(a) == os.path.abspath(b))
 
 
 # -------------------------------------------------------------------------------- the rewrite
