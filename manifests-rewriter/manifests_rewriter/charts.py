@@ -493,6 +493,10 @@ def chart_pass(releases: Iterable[Release], sources: Iterable[ValuesSource], cha
             continue
         where = f"line {release.line}: {release.describe()}"
         notes: list[str] = []
+        if any("{{" in x for x in (release.chart.name, release.chart.repo, release.chart.version, release.chart.path)):
+            result.notices.append(FileError(release.file, f"{where}: chart defaults not checked: "
+                                                          f"{release.chart.describe()} is a template placeholder"))
+            continue
         try:
             ref = _resolve_ref(release, flux)
             path = charts.find(ref, release)

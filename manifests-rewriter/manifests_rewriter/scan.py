@@ -96,6 +96,8 @@ def scan_text(text: str, policy: Policy, to_target: ToTarget, *, file: str | Non
 
 
 def _collected(collect: Collected, file: str, result: ScanResult) -> None:
+    if not (collect.releases or collect.sources or collect.notes):
+        return
     for release in collect.releases:
         release.file = file
     for source in collect.sources:

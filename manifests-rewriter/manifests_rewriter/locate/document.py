@@ -258,6 +258,9 @@ def pointer(cell: tuple | None) -> str:
     return "/" + "/".join(reversed(keys)) if keys else ""
 
 
+_NONE: frozenset[int] = frozenset()
+
+
 class Walker:
     """Per-document state: merged-mapping cache, the visit budget, Scalars by node.
     `relevant`: for manifests, the offsets may_matter prunes by (None: walk everything)."""
@@ -272,8 +275,14 @@ class Walker:
         self.skipped: set[int] = set()  # collections not entered (nothing image-like in them)
         self._pairs: dict[int, dict[str, tuple[Node, Node]]] = {}
         self._scalars: dict[int, Scalar] = {}
-        self.claimed: set[int] = set()  # subtrees another locator read (a hand-off): not walked again
+        self.claimed: set[int] | frozenset[int] = _NONE  # subtrees another locator read (a hand-off): not walked again
         self.collect: Any = None  # locate(collect=): releases and values sources (locate.release.Collected)
+
+    def claim(self, node: Node) -> None:
+        """A subtree another locator reads (a hand-off): the walk that found it does not enter it."""
+        if not self.claimed:
+            self.claimed = set()
+        self.claimed.add(id(node))  # type: ignore[union-attr]
 
     def scalar(self, node: ScalarNode) -> Scalar:
         found = self._scalars.get(id(node))
@@ -396,11 +405,10 @@ def root_pairs(node: Node | None) -> dict[str, Node]:
 
 TOP, ITEMS, STATUS, MARKED = 1, 2, 4, 8  # walk flags: an object root, List items, under status, marked key
 COLLECTIONS = (MappingNode, SequenceNode)
-# "ontainers" covers containers/initContainers/ephemeralContainers; the GitOps kinds let their
-# roots through to gitops.py even without an image word (a release that overrides nothing still
-# runs its chart's images; a Flux source or a values Secret names what releases use)
-RELEVANT = re.compile(r"image|ontainers|(?-i:HelmRelease|Application|HelmChart|Repository\b|\bSecret\b)|[*\\]",
-                      re.IGNORECASE)
+# "ontainers" covers containers/initContainers/ephemeralContainers; "HelmRelease" lets a Flux
+# HelmRelease's root through to its hand-off (gitops.py; manifest.py lets the other GitOps kinds'
+# roots through by their `kind`, which costs less than more words here)
+RELEVANT = re.compile(r"image|ontainers|HelmRelease|[*\\]", re.IGNORECASE)
 
 Context = tuple  # (kind, namespace, name) of the object a node belongs to
 Visitor = Callable[["Walker", int, tuple, Mapping[str, tuple[Node, Node]], Context, int], Iterator[ImageField]]

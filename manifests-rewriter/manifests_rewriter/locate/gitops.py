@@ -59,6 +59,16 @@ VALUES_KEY = re.compile(r"values[\w.-]*\.ya?ml", re.IGNORECASE)
 Pairs = Mapping[str, tuple[Node, Node]]
 
 
+def is_gitops_root(root: Node) -> bool:
+    """Whether a document is one of KINDS (read by its `kind`, whatever its text holds)."""
+    if not isinstance(root, MappingNode):
+        return False
+    for key, value in root.value:
+        if isinstance(key, ScalarNode) and key.value == "kind":
+            return isinstance(value, ScalarNode) and value.value in KINDS
+    return False
+
+
 def visit(w: Walker, index: int, cell: tuple, pairs: Pairs, ctx: tuple, flags: int) -> Iterator[ImageField]:
     if not flags & TOP or ctx[0] not in KINDS:
         return
@@ -103,7 +113,7 @@ def _note(w: Walker, node: Node, message: str) -> None:
 
 def _values(w: Walker, index: int, node: MappingNode, cell: tuple, ctx: tuple) -> Iterator[ImageField]:
     """A values mapping in the object: the Helm locator reads it, the manifest walk does not."""
-    w.claimed.add(id(node))
+    w.claim(node)
     yield from registry.hand_off("helm-values", w, index, node, cell, ctx)
 
 
@@ -275,7 +285,7 @@ def _argo_source(w: Walker, index: int, cell: tuple, src_cell: tuple, src: Mappi
     if values_string is not None:
         yield from _string_values(w, index, values_string, helm_cell, "values", ctx, "helm.values")
     if isinstance(parameters, SequenceNode):
-        w.claimed.add(id(parameters))
+        w.claim(parameters)
         yield from locate_parameters(w, index, parameters, (helm_cell, "parameters", parameters), ctx)
     images = _get(w, src, "kustomize", "images")
     if isinstance(images, SequenceNode):

@@ -41,7 +41,7 @@ def locate_helm_charts(w: Walker, index: int, root: MappingNode) -> Iterator[Ima
         ctx = (KIND, text_of(_get(w, entry, "namespace")), text_of(_get(w, entry, "releaseName")) or name)
         values = _get(w, entry, "valuesInline")
         if isinstance(values, MappingNode):
-            w.claimed.add(id(values))
+            w.claim(values)
             yield from registry.hand_off("helm-values", w, index, values, (cell, "valuesInline", values), ctx)
         if w.collect is None or not name:
             continue
