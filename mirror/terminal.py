@@ -67,7 +67,8 @@ def setup(context: Context, *, strict: bool = True) -> None:
 def finding_line(f: Finding) -> str:
     """One grep-friendly line: where: image -> target (workload, container)."""
     workload = "/".join(x for x in (f.kind, f.namespace, f.name) if x)
-    context = ", ".join(x for x in (workload, f.container and f"container {f.container}") if x)
+    context = ", ".join(x for x in (workload, f.container and f"container {f.container}",
+                                    f.reason.startswith("chart default") and "chart default") if x)
     target = f" -> {f.target}" if f.target else f" ({f.reason})"
     return printable(f"{f.location()}: {f.image}{target}" + (f"  [{context}]" if context else ""))
 
