@@ -26,6 +26,7 @@ import yaml
 from manifests_rewriter.charts import newest
 from manifests_rewriter.files import write_atomic
 from manifests_rewriter.helmchart import MAX_ARCHIVE_BYTES, ChartError
+from manifests_rewriter.locate.document import YamlError, check_nesting
 from manifests_rewriter.locate.release import ChartRef, Release
 
 from .registry.credentials import Keychain, default_keychain
@@ -113,9 +114,11 @@ class RemoteCharts:
             if index is None:
                 raw = self._get(transport, urljoin(base, "index.yaml"), "index.yaml", MAX_INDEX_BYTES)
                 try:
-                    index = yaml.load(raw, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
-                except yaml.YAMLError:
-                    raise ChartError(f"{redact_url(base)}index.yaml is not valid YAML") from None
+                    text = raw.decode("utf-8")
+                    check_nesting(text)  # libyaml must not meet a nesting bomb
+                    index = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+                except (yaml.YAMLError, UnicodeDecodeError, YamlError):
+                    raise ChartError(f"{redact_url(base)}index.yaml is not valid YAML (or is refused)") from None
                 self._indexes[base] = index
             entries = (index.get("entries") or {}).get(ref.name) if isinstance(index, dict) else None
             if not isinstance(entries, list) or not entries:

@@ -355,3 +355,31 @@ def test_values_from_a_configmap_in_the_tree_and_one_that_is_not(tmp_path: Path,
     assert "repository: quay.io/org/nginx" in changed["configmap.yaml"][1]  # rewritten in the ConfigMap itself
     assert "registry: crazureblue.azurecr.io" in changed["configmap.yaml"][1]
     assert "registry" not in added(*changed["web.yaml"])  # the release adds only what the ConfigMap does not set
+
+
+def test_value_files_are_merged_only_inside_the_scanned_paths(tmp_path: Path, cache: Path) -> None:
+    tree = tmp_path / "repo"
+    tree.mkdir()
+    (tmp_path / "outside.yaml").write_text("image:\n  repository: evil/nginx\n")
+    (tree / "prod.yaml").write_text("sidecar:\n  image: quay.io/org/busybox\n")
+    (tree / "helmfile.yaml").write_text(
+        "repositories:\n- name: example\n  url: https://charts.example.org\nreleases:\n"
+        "- name: web\n  chart: example/web\n  values:\n  - ../outside.yaml\n  - prod.yaml\n")
+    findings, notices = run(tree, cache)
+    assert sorted(f[3] for f in findings) == ["docker.io/bitnami/nginx:1.27.0", "quay.io/org/busybox:1.36"]
+    assert [n.split(": ", 1)[1] for n in notices] == [
+        "line 6: HelmfileRelease web: value file ../outside.yaml is outside the scanned paths; its values are not merged"]
+
+
+def test_a_value_file_with_any_name_is_read_as_values(tmp_path: Path, cache: Path) -> None:
+    tree = tmp_path / "repo"
+    tree.mkdir()
+    (tree / "prod.yaml").write_text("image:\n  registry: quay.io\n  repository: org/nginx\n")
+    (tree / "helmfile.yaml").write_text(
+        "repositories:\n- name: example\n  url: https://charts.example.org\nreleases:\n"
+        "- name: web\n  chart: example/web\n  values:\n  - prod.yaml\n")
+    findings, _ = run(tree, cache)
+    assert sorted((f[0], f[3]) for f in findings) == [("helmfile.yaml", "busybox:1.36"),
+                                                      ("prod.yaml", "quay.io/org/nginx:1.27.0")]
+    changed = rewrite(tree, cache)
+    assert changed["prod.yaml"][1] == "image:\n  registry: crazureblue.azurecr.io\n  repository: quay.io/org/nginx\n"

@@ -404,3 +404,25 @@ def test_image_name_holding_a_whole_reference() -> None:
 
 def first(fields: list[ImageField], path: str) -> ImageField:
     return next(f for f in fields if f.path == path)
+
+
+def test_hostile_values_in_releases_are_bounded() -> None:
+    """Deep values, recursive anchors and alias bombs inside a release: no crash, bounded work."""
+    from manifests_rewriter.locate import LocateError
+
+    deep = "apiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nmetadata: {name: x}\nspec:\n  values:\n" + \
+        "".join("    " + "  " * i + f"k{i}:\n" for i in range(900)) + "    " + "  " * 900 + "image: nginx:1\n"
+    collect = Collected()
+    [field] = locate(deep, collect=collect)
+    assert field.value == "nginx:1" and collect.releases[0].values["k0"]["k1"]
+    recursive = ("apiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nmetadata: {name: x}\n"
+                 "spec:\n  values: &v\n    image: nginx:1\n    again: *v\n")
+    collect = Collected()
+    locate(recursive, collect=collect)
+    assert collect.releases[0].values == {"image": "nginx:1", "again": None}
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(6))
+    text = "apiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nmetadata: {name: x}\nspec:\n  values:\n" + \
+        "".join("    " + line + "\n" for line in bomb.splitlines())
+    with pytest.raises(LocateError, match="YAML bomb"):
+        locate(text, collect=Collected())

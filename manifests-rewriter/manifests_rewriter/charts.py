@@ -63,6 +63,11 @@ class ChartSource(Protocol):
     def find(self, ref: ChartRef, release: Release) -> str: ...
 
 
+def root_dirs(roots: Iterable[str]) -> list[str]:
+    """The scanned paths as directories (a file stands for its directory), absolute."""
+    return [os.path.abspath(r if os.path.isdir(r) else os.path.dirname(r) or ".") for r in roots]
+
+
 def _semver_key(version: str) -> tuple[Any, ...]:
     parsed = helmchart._parse(version)
     if parsed is None:
@@ -84,7 +89,7 @@ class LocalCharts:
 
     def __init__(self, cache_dirs: Iterable[str] = (), roots: Iterable[str] = ()) -> None:
         self.cache_dirs = [d for d in cache_dirs if d]
-        self.roots = [os.path.abspath(r) for r in roots]
+        self.roots = root_dirs(roots)
 
     def find(self, ref: ChartRef, release: Release) -> str:
         if ref.path:
@@ -114,12 +119,11 @@ class LocalCharts:
         if release.kind in ("Application", "ApplicationSet", "HelmRelease") and not path.startswith(("./", "../")) \
                 or path.startswith("./") and release.kind == "HelmRelease":
             # Argo CD `path:` and a Flux GitRepository chart path are relative to the repository
-            # root: any parent directory of the file (the scan roots bound the search)
-            stop = {os.path.dirname(r) for r in self.roots}
+            # root: any parent directory of the file, up to the scanned path it is in
             current = base
-            while True:
+            while current not in self.roots and any(_under(current, r) for r in self.roots):
                 parent = os.path.dirname(current)
-                if parent == current or current in stop:
+                if parent == current:
                     break
                 current = parent
                 yield os.path.normpath(os.path.join(current, path))
@@ -201,8 +205,11 @@ def _dir_prefixes(root: str, out: dict[str, bool]) -> None:
         for name in names:
             if budget <= 0 or found:
                 break
+            full = os.path.join(directory, name)
+            if not os.path.isfile(full):  # a FIFO or device would block or never end
+                continue
             try:
-                with open(os.path.join(directory, name), "rb") as handle:
+                with open(full, "rb") as handle:
                     blob = handle.read(min(budget, 1 << 20))
             except OSError:
                 continue
@@ -271,6 +278,8 @@ class ChartView:
     chart: str  # describe() of the chart read
     images: list[ChartImage] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # the files of the value files and valuesFrom objects merged
+    value_files: list[str] = field(default_factory=list)  # the value files among them
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -406,11 +415,13 @@ Reader = Callable[[str], str | None]
 
 
 def _read_file(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read(16 * 1024 * 1024)
-    except (OSError, UnicodeDecodeError):
-        return None
+    """A value file's text (a regular file, size-bounded, UTF-8: files.read_source), or None."""
+    from pathlib import Path
+
+    from .files import read_source
+
+    found = read_source(Path(path), path, 16 * 1024 * 1024)
+    return None if isinstance(found, FileError) else found.text
 
 
 def _resolve_ref(release: Release, sources: dict[tuple[str, str | None, str | None], ValuesSource]) -> ChartRef:
@@ -439,13 +450,20 @@ def _resolve_ref(release: Release, sources: dict[tuple[str, str | None, str | No
 
 def _release_values(release: Release, chart_dir: str | None,
                     values_sources: dict[tuple[str, str | None, str | None], ValuesSource],
-                    read: Reader, notices: list[str], files: list[str]) -> dict[str, Any]:
+                    read: Reader, notices: list[str], files: list[str], objects: list[str],
+                    roots: list[str]) -> dict[str, Any]:
     """The values the release gives Helm: value files, then valuesFrom, then its inline values.
-    `files`: the other files those values come from (their findings get what the chart adds)."""
+    `files` and `objects`: the value files and the files of the valuesFrom objects read (their
+    findings get what the chart adds). A value file is read only inside the scanned paths or the
+    chart."""
     merged: dict[str, Any] = {}
     base = release.files_base if release.files_base is not None else chart_dir
     for name in release.value_files:
         path = name if os.path.isabs(name) or base is None else os.path.join(base, name)
+        inside = [*roots, *([os.path.abspath(chart_dir)] if chart_dir else [])]
+        if not any(_under(path, r) for r in inside):
+            notices.append(f"value file {name} is outside the scanned paths; its values are not merged")
+            continue
         text = read(path)
         if text is None:
             notices.append(f"value file {name} is not readable here; its values are not merged")
@@ -470,7 +488,7 @@ def _release_values(release: Release, chart_dir: str | None,
             if ref.target_path:
                 data = {}  # a targetPath sets one value; its images, if any, are in the object itself
             merged = coalesce_tables(copy.deepcopy(data), merged)
-            files.append(source.file)
+            objects.append(source.file)
     return coalesce_tables(copy.deepcopy(release.values), merged)
 
 
@@ -480,7 +498,7 @@ def chart_pass(releases: Iterable[Release], sources: Iterable[ValuesSource], cha
     images as fields located at their release (the scan judges them), updates for the fields the
     release writes itself, notices, and the views `rewrite` plans overrides from."""
     result = ChartPass()
-    roots = [os.path.abspath(r) for r in roots]
+    roots = root_dirs(roots)
     all_sources = list(sources)
     flux = {(s.kind, s.namespace, s.name): s for s in all_sources if "url" in s.data}
     values_sources = {(s.kind, s.namespace, s.name): s for s in all_sources if "url" not in s.data}
@@ -510,15 +528,20 @@ def chart_pass(releases: Iterable[Release], sources: Iterable[ValuesSource], cha
             if isinstance(loaded, ChartError):
                 raise loaded
             chart_dir = path if os.path.isdir(path) else None
-            others: list[str] = []
-            values = _release_values(release, chart_dir, values_sources, read, notes, others)
-            images = chart_images(loaded, values, release.values)
+            value_paths: list[str] = []
+            objects: list[str] = []
+            values = _release_values(release, chart_dir, values_sources, read, notes, value_paths, objects, roots)
+            others = value_paths + objects
+            try:
+                images = chart_images(loaded, values, release.values)
+            except RecursionError:
+                raise ChartError(f"{ref.describe()}: values nested too deeply to read") from None
         except ChartError as exc:
             if release.optional:
                 continue  # an Argo CD path that is not a chart: nothing to resolve
             result.notices.append(FileError(release.file, f"{where}: chart defaults not checked: {exc}"))
             continue
-        view = ChartView(release, ref.describe(), images, notes + loaded.chart.notes)
+        view = ChartView(release, ref.describe(), images, notes + loaded.chart.notes, others, value_paths)
         result.views[view.key] = view
         for note in view.notes:
             result.notices.append(FileError(release.file, f"{where}: {note}"))
@@ -540,12 +563,23 @@ def chart_pass(releases: Iterable[Release], sources: Iterable[ValuesSource], cha
     return result
 
 
+def values_files(views: Iterable[ChartView]) -> set[str]:
+    """Files releases take values from that their names do not mark as Helm values (a
+    `prod.yaml` in Argo CD `valueFiles`): scan and rewrite read them as values (absolute paths)."""
+    from .locate.kinds import file_kind
+
+    return {os.path.abspath(f) for view in views for f in view.value_files
+            if f.endswith((".yaml", ".yml")) and file_kind(f) != "helm-values"}
+
+
+def _under(path: str, root: str) -> bool:
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+
+
 def _in_tree(source: str, roots: Iterable[str]) -> bool:
     """A chart directory under one of the scanned paths: its values files are scanned themselves."""
-    if not os.path.isdir(source):
-        return False
-    real = os.path.abspath(source)
-    return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+    return os.path.isdir(source) and any(_under(source, r) for r in roots)
 
 
 def apply_updates(findings: list[Finding], updates: dict[tuple[str | None, int | None, str | None, str], str]) -> None:
@@ -579,7 +613,7 @@ def release_edits(release: Release, view: ChartView, policy: Policy, resolve: Ca
     release's scalars it edits: the file-level edits of those fields give way)."""
     from .splice import Edit, SpliceError, _check_fits, edits_for
 
-    roots = [os.path.abspath(r) for r in roots]
+    roots = root_dirs(roots)
     overrides: dict[ValuesPath, str] = {}
     edits: list[Edit] = []
     changes: list[tuple[str, str]] = []

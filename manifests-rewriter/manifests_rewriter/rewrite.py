@@ -10,6 +10,7 @@ and digest pinning.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -78,12 +79,14 @@ class RewriteResult:
 
 
 def plan_file(source: SourceFile, policy: Policy, resolve: Resolve, result: RewriteResult,
-              views: dict[tuple[int, str], Any] | None = None, roots: Iterable[str] = ()) -> FileRewrite | None:
+              views: dict[tuple[int, str], Any] | None = None, roots: Iterable[str] = (),
+              content: str | None = None) -> FileRewrite | None:
     """The file's edits. `views`: its Helm releases with their charts resolved, by (document,
-    pointer): the chart's default images get overrides in the release's values (charts.py)."""
+    pointer): the chart's default images get overrides in the release's values (charts.py).
+    `content`: read the file as that kind (a release's value file, whatever its name)."""
     collect = Collected(detail=True) if views else None
     try:
-        fields = locate(source.text, filename=source.display, collect=collect)
+        fields = locate(source.text, filename=source.display, content=content, collect=collect)
     except YamlError as exc:
         result.errors.append(FileError(source.display, f"not valid YAML, left unchanged: {exc}"))
         return None
@@ -150,8 +153,14 @@ def rewrite_paths(paths: Iterable[str], policy: Policy, resolve: Resolve, *, wri
     by_file: dict[str, dict[tuple[int, str], Any]] = {}
     for (file, document, pointer), view in (views or {}).items():
         by_file.setdefault(file, {})[(document, pointer)] = view
+    as_values: set[str] = set()
+    if views:
+        from .charts import values_files
+
+        as_values = values_files(views.values())
     for source in read_sources(paths, max_bytes, exclude, result.errors):
-        planned = plan_file(source, policy, resolve, result, by_file.get(source.display), paths)
+        content = "helm-values" if as_values and os.path.abspath(source.display) in as_values else None
+        planned = plan_file(source, policy, resolve, result, by_file.get(source.display), paths, content)
         if planned is None:
             continue
         result.files.append(planned)

@@ -78,11 +78,11 @@ def _judge(image: str, regex: str, to_target: ToTarget) -> tuple[str, str | None
 
 
 def scan_text(text: str, policy: Policy, to_target: ToTarget, *, file: str | None = None,
-              result: ScanResult | None = None) -> ScanResult:
+              result: ScanResult | None = None, content: str | None = None) -> ScanResult:
     result = result if result is not None else ScanResult()
     collect = Collected()
     try:
-        fields = locate(text, filename=file or "", collect=collect)
+        fields = locate(text, filename=file or "", content=content, collect=collect)
     except YamlError as exc:
         result.errors.append(FileError(file or "<text>", f"not valid YAML, left unchanged: {exc}"))
         return result
@@ -112,9 +112,11 @@ def chart_defaults(result: ScanResult, charts: ChartSource, policy: Policy | Non
     """The chart pass (charts.py): the default images of every release, located at the release."""
     if not result.releases:
         return
-    from .charts import apply_updates, chart_pass
+    from .charts import apply_updates, chart_pass, values_files
 
     found = chart_pass(result.releases, result.sources, charts, roots=roots)
+    if policy is not None and to_target is not None:
+        _rescan_values(result, values_files(found.views.values()), policy, to_target)
     apply_updates(result.findings, found.updates)
     if policy is not None and to_target is not None:
         for file, fld, chart in found.defaults:
@@ -124,6 +126,24 @@ def chart_defaults(result: ScanResult, charts: ChartSource, policy: Policy | Non
                 result.findings.append(replace(finding, reason=reason))
     result.notices.extend(found.notices)
     result.views.update(found.views)
+
+
+def _rescan_values(result: ScanResult, paths: set[str], policy: Policy, to_target: ToTarget) -> None:
+    """Files releases take values from, read as Helm values whatever their names (`prod.yaml`)."""
+    if not paths:
+        return
+    again = ScanResult()
+    for file in sorted(paths):  # each inside the scanned paths (charts.py reads no other)
+        source = read_source(Path(file), file, 16 * 1024 * 1024)
+        if isinstance(source, FileError):
+            continue
+        shown = next((f.file for f in result.findings + result.warnings if f.file and os.path.abspath(f.file) == file),
+                     os.path.relpath(file) if not os.path.relpath(file).startswith("..") else file)
+        result.findings = [f for f in result.findings if not f.file or os.path.abspath(f.file) != file]
+        result.warnings = [w for w in result.warnings if not w.file or os.path.abspath(w.file) != file]
+        scan_text(source.text, policy, to_target, file=shown, result=again, content="helm-values")
+    result.findings.extend(again.findings)
+    result.warnings.extend(again.warnings)
 
 
 def release_views(paths: Iterable[str], charts: ChartSource, *, max_bytes: int = 16 * 1024 * 1024,

@@ -146,19 +146,36 @@ class Collected:
 
 def to_data(w: Walker, node: Node | None) -> Any:
     """A node as the Python value a YAML loader would give (merge keys resolved, map keys as
-    strings the way Helm sees them), without touching the node graph. Alias re-visits count
-    against the walk budget."""
+    strings the way Helm sees them), without touching the node graph. Iterative (values may nest
+    as deep as the composer allows); a collection inside itself (a recursive anchor) is cut there;
+    alias re-visits count against the walk budget."""
     if node is None:
         return None
     if isinstance(node, ScalarNode):
         return _scalar_value(node)
-    if isinstance(node, SequenceNode):
-        w.count(node, len(node.value))
-        return [to_data(w, item) for item in node.value]
-    if isinstance(node, MappingNode):
-        w.count(node, len(node.value))
-        return {str(key): to_data(w, value) for key, (_, value) in w.pairs(node).items()}
-    return None
+    root: list[Any] = [None]
+    # (node, container to fill, key or index in it, ids of the collections above)
+    stack: list[tuple[Node, Any, Any, frozenset[int]]] = [(node, root, 0, frozenset())]
+    while stack:
+        current, parent, slot, above = stack.pop()
+        if isinstance(current, ScalarNode):
+            parent[slot] = _scalar_value(current)
+        elif id(current) in above:
+            parent[slot] = None  # recursive anchor
+        elif isinstance(current, SequenceNode):
+            w.count(current, len(current.value))
+            parent[slot] = items = [None] * len(current.value)
+            inner = above | {id(current)}
+            stack.extend((child, items, i, inner) for i, child in enumerate(current.value))
+        elif isinstance(current, MappingNode):
+            pairs = w.pairs(current)
+            w.count(current, len(pairs))
+            parent[slot] = mapping = dict.fromkeys(str(k) for k in pairs)
+            inner = above | {id(current)}
+            stack.extend((child, mapping, str(key), inner) for key, (_, child) in pairs.items())
+        else:
+            parent[slot] = None
+    return root[0]
 
 
 def _scalar_value(node: ScalarNode) -> Any:
