@@ -13,6 +13,7 @@ never leave the locator.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -183,12 +184,14 @@ def _scalar_value(node: ScalarNode) -> Any:
     if constructor is None or node.tag == "tag:yaml.org,2002:str":
         return node.value
     try:
-        return constructor(_CONSTRUCTOR, node)
+        return constructor(_constructor(), node)
     except (yaml.YAMLError, ValueError, TypeError):
         return node.value
 
 
-_CONSTRUCTOR = yaml.SafeLoader("")
+@functools.cache
+def _constructor() -> yaml.SafeLoader:
+    return yaml.SafeLoader("")
 
 
 def set_path(tree: dict[str, Any], path: ValuesPath, value: Any) -> None:
