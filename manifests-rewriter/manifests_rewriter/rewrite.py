@@ -108,7 +108,7 @@ def plan_file(source: SourceFile, policy: Policy, resolve: Resolve, result: Rewr
     for fld in fields:
         if covered and any(s.start in covered for s in ([fld.scalar] if fld.scalar else []) + list(fld.parts.values())):
             continue
-        if fld.source == "hint" or not policy.refuses(fld.value, namespace=fld.namespace, container=fld.container):
+        if fld.source == "hint" or not policy.decide_field(fld).finding:
             continue
         try:
             ref = parse(fld.value)
