@@ -246,7 +246,7 @@ def rewrite_files(context: Context, paths: Sequence[str], resolver: Resolver, *,
     result = rewrite_paths(paths, context.policy, resolver, write=write, max_bytes=settings.max_file_bytes,
                            exclude=settings.exclude, charts=context.charts, views=found.views if found else None)
     if found is not None:
-        result.notices.extend(found.notices)
+        result.unchecked.extend(found.unchecked)
     return result
 
 

@@ -58,7 +58,7 @@ def scan_sarif(result: ScanResult) -> str:
                       f.file, f.line, f) for f in result.findings
     ] + [_sarif_result("image-outside-pod-spec", f"{w.image}: {w.reason}", w.file, w.line) for w in result.warnings]
     results += [_sarif_result("unreadable-file", e.message, e.file, None) for e in result.errors]
-    results += [_sarif_result("not-checked", n.message, n.file, None) for n in result.notices]
+    results += [_sarif_result("not-checked", n.message, n.file, None) for n in result.unchecked]
     rules = [{"id": rule, "shortDescription": {"text": text}, "defaultConfiguration": {"level": level}}
              for rule, (level, text) in RULES.items()]
     document = {

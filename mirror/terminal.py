@@ -88,8 +88,8 @@ def scan_table(result: ScanResult) -> None:
             screen.print(printable(f"  {w.location()}: {w.image}: {w.reason}"), markup=False)
     for error in result.errors:
         screen.print(f"error: {error}", markup=False, style="red")
-    for notice in result.notices:  # what could not be checked (a Helm chart not found), never silent
-        screen.print(f"warning: {notice}", markup=False)
+    for unchecked in result.unchecked:  # what could not be checked (a Helm chart not found), never silent
+        screen.print(f"warning: {unchecked}", markup=False)
     screen.print(f"{result.files} files scanned: {len(result.findings)} findings, "
                  f"{len(result.warnings)} warnings, {len(result.errors)} errors.")
 
@@ -97,8 +97,8 @@ def scan_table(result: ScanResult) -> None:
 def errors(result: ScanResult) -> None:
     for error in result.errors:
         err(f"error: {error}")
-    for notice in result.notices:
-        err(f"warning: {notice}")
+    for unchecked in result.unchecked:
+        err(f"warning: {unchecked}")
 
 
 def plan_run(run: PlanRun, *, fmt: str, output: str | None, text: str) -> None:

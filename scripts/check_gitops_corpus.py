@@ -397,7 +397,7 @@ def check_releases(t: Tally, corpus: Path, expected: dict, verbose: bool) -> Non
             if in_tree:  # a chart in the scanned tree: its values files report its images themselves
                 chart_dir = str(corpus / rel["chart_resolved"]) + "/"
                 got |= {f.image for f in result.findings if (f.file or "").startswith(chart_dir)}  # type: ignore[attr-defined]
-            notices = [n for n in result.notices if n.file == file]  # type: ignore[attr-defined]
+            notices = [n for n in result.unchecked if n.file == file]  # type: ignore[attr-defined]
             t.add(kind, "expected", len(runs))
             if not rel.get("chart_resolved"):
                 t.counts["releases without a resolvable chart: warned"] += bool(notices) or not runs

@@ -78,7 +78,7 @@ def run(tree: Path, cache: Path) -> tuple[list[tuple[str, int | None, str, str]]
     charts = LocalCharts([str(cache)], [str(tree)])
     found = scan_paths([str(tree)], POLICY, TO_TARGET, charts=charts)
     return ([(Path(f.file or "").name, f.line, f.path or "", f.image) for f in found.findings],
-            [str(n) for n in found.notices])
+            [str(n) for n in found.unchecked])
 
 
 def rewrite(tree: Path, cache: Path) -> dict[str, tuple[str, str]]:

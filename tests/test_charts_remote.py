@@ -144,7 +144,7 @@ def test_http_helm_repository_then_offline_from_the_cache(tmp_path: Path) -> Non
         assert [(f["line"], f["path"], f["image"], f["name"], f["namespace"]) for f in data["findings"]] == [
             (13, "/spec/values/image", "quay.io/team/web:1.27.0", "web", "apps")]
         assert "chart default (web 1.2.3" in data["findings"][0]["reason"]
-        assert data["notices"] == [] and result.exit_code == 1
+        assert data["unchecked"] == [] and result.exit_code == 1
         assert (cache / "web-1.2.3.tgz").read_bytes() == archive
         assert repo.requests == {"/charts/index.yaml": 1, "/charts/web-1.2.3.tgz": 1}
         assert all(a and a.startswith("Basic ") for a in repo.authorizations)

@@ -71,7 +71,7 @@ class RewriteResult:
     skipped: list[Skipped] = field(default_factory=list)
     errors: list[FileError] = field(default_factory=list)
     written: list[str] = field(default_factory=list)
-    notices: list[FileError] = field(default_factory=list)  # what could not be checked (a chart not found)
+    unchecked: list[FileError] = field(default_factory=list)  # what could not be checked (a chart not found)
 
     @property
     def changed(self) -> list[FileRewrite]:
@@ -149,7 +149,7 @@ def rewrite_paths(paths: Iterable[str], policy: Policy, resolve: Resolve, *, wri
     if views is None and charts is not None:
         resolved = release_views(paths, charts, max_bytes=max_bytes, exclude=exclude)
         views = resolved.views
-        result.notices.extend(resolved.notices)
+        result.unchecked.extend(resolved.unchecked)
     by_file: dict[str, dict[tuple[int, str], Any]] = {}
     for (file, document, pointer), view in (views or {}).items():
         by_file.setdefault(file, {})[(document, pointer)] = view

@@ -41,7 +41,7 @@ class ScanResult:
     # Helm releases the files declare and the objects they refer to (the chart pass, charts.py)
     releases: list[Release] = field(default_factory=list)
     sources: list[ValuesSource] = field(default_factory=list)
-    notices: list[FileError] = field(default_factory=list)  # what could not be checked (a chart not found)
+    unchecked: list[FileError] = field(default_factory=list)  # what could not be checked (a chart not found)
     views: dict[tuple[str, int, str], Any] = field(default_factory=dict)  # resolved releases, for `rewrite`
 
     def as_json(self) -> dict[str, object]:
@@ -49,7 +49,7 @@ class ScanResult:
             "findings": [f.as_json() for f in self.findings],
             "warnings": [w.as_json() for w in self.warnings],
             "errors": [e.as_json() for e in self.errors],
-            "notices": [n.as_json() for n in self.notices],
+            "unchecked": [n.as_json() for n in self.unchecked],
         }
 
 
@@ -112,7 +112,7 @@ def _collected(collect: Collected, file: str, result: ScanResult) -> None:
         source.file = file
     result.releases.extend(collect.releases)
     result.sources.extend(collect.sources)
-    result.notices.extend(FileError(file, f"line {line}: {message}") for line, message in collect.notes)
+    result.unchecked.extend(FileError(file, f"line {line}: {message}") for line, message in collect.notes)
 
 
 def chart_defaults(result: ScanResult, charts: ChartSource, policy: Policy | None, to_target: ToTarget | None,
@@ -132,7 +132,7 @@ def chart_defaults(result: ScanResult, charts: ChartSource, policy: Policy | Non
             if finding is not None:
                 reason = f"chart default ({chart}; not set in the release's values): {finding.reason}"
                 result.findings.append(replace(finding, reason=reason))
-    result.notices.extend(found.notices)
+    result.unchecked.extend(found.notices)
     result.views.update(found.views)
 
 
@@ -157,7 +157,7 @@ def _rescan_values(result: ScanResult, paths: set[str], policy: Policy, to_targe
 def release_views(paths: Iterable[str], charts: ChartSource, *, max_bytes: int = 16 * 1024 * 1024,
                   exclude: tuple[str, ...] = ()) -> ScanResult:
     """The releases of the files with their charts resolved (`views`: what a rewrite inserts
-    overrides from) and the notices (charts not found), when no scan came first."""
+    overrides from) and what could not be checked (charts not found), when no scan came first."""
     paths = list(paths)
     result = ScanResult()
     for source in read_sources(paths, max_bytes, exclude):
@@ -248,7 +248,7 @@ def scan_paths(paths: Iterable[str], policy: Policy, to_target: ToTarget, *,
             result.files += part.files
             result.releases.extend(part.releases)
             result.sources.extend(part.sources)
-            result.notices.extend(part.notices)
+            result.unchecked.extend(part.unchecked)
     finally:
         if workers > 1:
             pool.shutdown()
