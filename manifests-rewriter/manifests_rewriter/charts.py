@@ -603,6 +603,37 @@ def _same_file(a: str, b: str | None) -> bool:
 # -------------------------------------------------------------------------------- the rewrite
 
 
+@dataclass
+class ReleasePlan:
+    """What a file's Helm releases change (rewrite.plan_file adds it to the file's own edits)."""
+
+    edits: list[Any] = field(default_factory=list)
+    changes: list[tuple[int, str, str]] = field(default_factory=list)  # (line, image, target)
+    skipped: list[tuple[int, str, str]] = field(default_factory=list)  # (line, image, why)
+    covered: set[int] = field(default_factory=set)  # starts of the release scalars planned here
+
+    def covers(self, fld: ImageField) -> bool:
+        """Whether a field's scalars are planned here (its own edits give way)."""
+        return bool(self.covered) and any(
+            s.start in self.covered for s in ([fld.scalar] if fld.scalar else []) + list(fld.parts.values()))
+
+
+def plan_releases(releases: Iterable[Release], views: dict[tuple[int, str], ChartView], policy: Policy,
+                  resolve: Callable[[ImageRef], ImageRef | str], roots: Iterable[str] = ()) -> ReleasePlan:
+    """The edits of every release of one file (located with Collected(detail=True)) that has a view."""
+    plan = ReleasePlan()
+    for release in releases:
+        view = views.get((release.document, release.path))
+        if view is None:
+            continue
+        edits, changed, skipped, covered = release_edits(release, view, policy, resolve, roots)
+        plan.edits.extend(edits)
+        plan.covered |= covered
+        plan.changes.extend((release.line, old, new) for old, new in changed)
+        plan.skipped.extend((release.line, image, why) for image, why in skipped)
+    return plan
+
+
 def release_edits(release: Release, view: ChartView, policy: Policy, resolve: Callable[[ImageRef], ImageRef | str],
                   roots: Iterable[str] = ()) -> tuple[list[Any], list[tuple[str, str]],
                                                                           list[tuple[str, str]], set[int]]:

@@ -92,21 +92,16 @@ def plan_file(source: SourceFile, policy: Policy, resolve: Resolve, result: Rewr
         return None
     edits: list[Edit] = []
     changes: list[ImageChange] = []
-    covered: set[int] = set()  # scalars a release's plan edits: their fields' own edits give way
+    releases = None  # the chart defaults' overrides (charts.py); the fields they cover give way
     if collect is not None and views:
-        from .charts import release_edits
+        from .charts import plan_releases
 
-        for release in collect.releases:
-            view = views.get((release.document, release.path))
-            if view is None:
-                continue
-            more, changed, skipped, edited = release_edits(release, view, policy, resolve, roots)
-            edits.extend(more)
-            covered |= edited
-            changes.extend(ImageChange(release.line, old, new) for old, new in changed)
-            result.skipped.extend(Skipped(source.display, release.line, image, why) for image, why in skipped)
+        releases = plan_releases(collect.releases, views, policy, resolve, roots)
+        edits.extend(releases.edits)
+        changes.extend(ImageChange(*change) for change in releases.changes)
+        result.skipped.extend(Skipped(source.display, *skipped) for skipped in releases.skipped)
     for fld in fields:
-        if covered and any(s.start in covered for s in ([fld.scalar] if fld.scalar else []) + list(fld.parts.values())):
+        if releases is not None and releases.covers(fld):
             continue
         if fld.source == "hint" or not policy.decide_field(fld).finding:
             continue
