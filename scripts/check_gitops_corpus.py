@@ -186,10 +186,16 @@ def check_images(t: Tally, key: str, want: dict, fields: list[ImageField], where
         good = [(i, f) for i, f in candidates if f.source != "hint" and same(f.value, image)]
         hints = [(i, f) for i, f in candidates if f.source == "hint"]
         if image is None or try_parse(image) is None:
-            # no reference can be formed from the file alone (placeholder tag, null repository)
+            # no reference can be formed from the file alone (a null repository), or its tag is known only
+            # where it runs (`registry.k8s.io/kubectl:<cluster Kubernetes version>`): the name must match
             for i, _ in candidates:
                 used.add(i)
-            t.add(kind, "found" if not [c for c in candidates if c[1].source != "hint"] else "false+")
+            name = image.split(":<")[0] if image and ":<" in image else None
+            real = [c for c in candidates if c[1].source != "hint"]
+            ok = not real or name is not None and all(same(c[1].value.split("@")[0].rsplit(":", 1)[0]
+                                                          if ":" in c[1].value.rsplit("/", 1)[-1] else c[1].value, name)
+                                                     for c in real)
+            t.add(kind, "found" if ok else "false+")
             if verbose:
                 t.notes.append(f"{key}: {image!r}: no reference expected; located {[f.value for _, f in candidates]}")
             continue
