@@ -45,6 +45,31 @@ def cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def chart_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Where Helm releases' charts come from (their default images: the chart pass)."""
+    options = [
+        click.option("--chart-dir", "chart_dirs", multiple=True, type=click.Path(file_okay=False),
+                     help="Helm charts on disk (<name>-<version>.tgz or unpacked), repeatable; charts downloaded "
+                          "are kept in the first (default ~/.cache/acr-mirror/charts)."),
+        click.option("--offline-charts", is_flag=True,
+                     help="Never download a chart: the scanned tree and --chart-dir only (air-gapped runs)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _charts(context: Context, kwargs: dict[str, Any], paths: tuple[str, ...]) -> None:
+    from manifests_rewriter.charts import Charts, LocalCharts
+
+    from .charts import RemoteCharts, default_cache_dir
+
+    dirs = list(kwargs.pop("chart_dirs") or ()) or [default_cache_dir()]
+    offline = kwargs.pop("offline_charts")
+    remote = None if offline else RemoteCharts(context.settings, dirs[0])
+    context.charts = Charts(LocalCharts(dirs, paths), remote)
+
+
 def _cluster(kwargs: dict[str, Any]) -> ClusterOptions:
     return ClusterOptions(kwargs.pop("cluster"), kwargs.pop("kubeconfig"), kwargs.pop("context"),
                           kwargs.pop("namespace"), kwargs.pop("policy_from_cluster"), kwargs.pop("policy_file"),
@@ -106,6 +131,7 @@ def main() -> None:
 @_command
 @click.argument("paths", nargs=-1, type=click.Path())
 @cluster_options
+@chart_options
 @config_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "sarif"]), default="table")
 @guarded
@@ -113,6 +139,7 @@ def scan(paths: tuple[str, ...], config_path: str | None, fmt: str, **kwargs: An
     """Find image references the policy would refuse. Exit 1 if there are any."""
     require_paths(paths)
     context = _open(config_path, _cluster(kwargs))
+    _charts(context, kwargs, paths)
     result = pipeline.scan(context, paths)
     if fmt == "json":
         click.echo(report.scan_json(result))
@@ -126,6 +153,7 @@ def scan(paths: tuple[str, ...], config_path: str | None, fmt: str, **kwargs: An
 @_command
 @click.argument("paths", nargs=-1, type=click.Path())
 @cluster_options
+@chart_options
 @config_option
 @click.option("--image", "images", multiple=True, help="Also plan this image (repeatable).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
@@ -140,6 +168,7 @@ def plan(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...
     report.check_output(output)
     with terminal.progress_display(progress_mode) as progress:
         context = _open(config_path, _cluster(kwargs), progress=progress)
+        _charts(context, kwargs, paths)
         run = pipeline.build_plan(context, paths, images, resolve=resolve)
     text = run.plan.to_json()
     if output:
@@ -151,6 +180,7 @@ def plan(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...
 @_command
 @click.argument("paths", nargs=-1, type=click.Path())
 @cluster_options
+@chart_options
 @config_option
 @click.option("--image", "images", multiple=True, help="Copy this image too (repeatable).")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="Execute this plan (no re-scan).")
@@ -169,6 +199,7 @@ def sync(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...
     report.check_output(report_path)
     with terminal.progress_display(progress_mode) as progress:
         context = _open(config_path, _cluster(kwargs), progress=progress)
+        _charts(context, kwargs, paths)
         if plan_path:
             if paths or images:
                 raise UsageError("--plan executes the plan as reviewed: give no PATH or --image with it")
@@ -224,6 +255,7 @@ def cache_rules(paths: tuple[str, ...], config_path: str | None, images: tuple[s
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="Rewrite from this plan.")
 @click.option("--pin-digests", is_flag=True, help="With --plan: write repo:tag@sha256:... from the plan.")
 @cluster_options
+@chart_options
 @click.option("--apply", "apply_patches_", is_flag=True,
               help="With --cluster: really patch the owners (default: server-side dry run).")
 @click.option("--force", is_flag=True, help="With --cluster: patch objects managed by Helm, Argo CD or Flux too.")
@@ -261,6 +293,7 @@ def rewrite(paths: tuple[str, ...], config_path: str | None, check: bool, diff: 
         raise UsageError("--cluster never patches a workload to an unverified image: drop --no-verify")
     with terminal.progress_display(progress_mode) as progress:
         context = _open(config_path, cluster, progress=progress)
+        _charts(context, kwargs, paths)
         pins: dict[str, str | None] = {}
         if plan_path:  # a plan that cannot be read, or does not match the config, is an error even unpinned
             the_plan = _load_plan(plan_path, context, "nothing was rewritten")
@@ -291,6 +324,7 @@ def rewrite(paths: tuple[str, ...], config_path: str | None, check: bool, diff: 
 @_command
 @click.argument("paths", nargs=-1, type=click.Path())
 @cluster_options
+@chart_options
 @config_option
 @click.option("--dry-run", is_flag=True, help="Plan and show what would change; copy and write nothing.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a JSON (or .md) report.")
@@ -304,6 +338,7 @@ def migrate(paths: tuple[str, ...], config_path: str | None, dry_run: bool, repo
     report.check_output(report_path)
     with terminal.progress_display(progress_mode) as progress:
         context = _open(config_path, _cluster(kwargs), progress=progress)
+        _charts(context, kwargs, paths)
         run = pipeline.migrate(context, paths, dry_run=dry_run, engine=engine)
     terminal.errors(run.scan)
     if report_path:

@@ -26,6 +26,8 @@ from .settings import SECTIONS, MirrorSettings, settings_of
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
+    from manifests_rewriter.charts import ChartSource
+
 ToTarget = Callable[[ImageRef], ImageRef]
 
 
@@ -53,6 +55,7 @@ class Context:
     notes: list[str] = field(default_factory=list)  # what the user should know about the setup (warnings)
     progress: Progress | None = None
     _api: ApiClient | None = None
+    charts: ChartSource | None = None  # where Helm releases' charts come from (the chart pass; mirror.charts)
 
     @property
     def api(self) -> ApiClient:

@@ -116,7 +116,8 @@ def scan(context: Context, paths: Sequence[str]) -> ScanResult:
         raise UsageError("nothing to scan: give PATH arguments or --cluster")
     settings = context.config.scan
     result = scan_paths(paths, context.policy, context.to_target, max_bytes=settings.max_file_bytes,
-                        exclude=settings.exclude, max_nodes=settings.max_file_nodes) if paths else ScanResult()
+                        exclude=settings.exclude, charts=context.charts,
+                        max_nodes=settings.max_file_nodes) if paths else ScanResult()
     if context.cluster.enabled:
         from .cluster.scan import scan_cluster
 
@@ -238,12 +239,17 @@ def lock_mirrored(context: Context, copies: Sequence[CopyResult]) -> list[str]:
 
 def rewrite_files(context: Context, paths: Sequence[str], resolver: Resolver, *, write: bool) -> RewriteResult:
     settings = context.config.scan
+    found = None  # with the Helm releases' charts resolved; else rewrite_paths resolves them
     if resolver.verifies:  # verify every refused image at once, not one round trip after another
         found = scan_paths(paths, context.policy, context.to_target, max_bytes=settings.max_file_bytes,
-                           exclude=settings.exclude, max_nodes=settings.max_file_nodes)
+                           exclude=settings.exclude, charts=context.charts, max_nodes=settings.max_file_nodes)
         resolver.prefetch((parse(f.image) for f in found.findings if f.target), context.settings.copy.concurrency)
-    return rewrite_paths(paths, context.policy, resolver, write=write, max_bytes=settings.max_file_bytes,
-                         exclude=settings.exclude, max_nodes=settings.max_file_nodes)
+    result = rewrite_paths(paths, context.policy, resolver, write=write, max_bytes=settings.max_file_bytes,
+                           exclude=settings.exclude, charts=context.charts, views=found.views if found else None,
+                           max_nodes=settings.max_file_nodes)
+    if found is not None:
+        result.unchecked.extend(found.unchecked)
+    return result
 
 
 def rewrite_repos(context: Context, resolver: Resolver, repos: Sequence[Path], *, branch: str, push: bool,
@@ -307,11 +313,12 @@ def migrate(context: Context, paths: Sequence[str], *, dry_run: bool = False, en
         resolver.prefetch((parse(e.source) for e in plan.entries), context.settings.copy.concurrency)
         rewritten = rewrite_paths(paths, context.policy, resolver, write=not dry_run,
                                   max_bytes=context.config.scan.max_file_bytes, exclude=context.config.scan.exclude,
-                                  max_nodes=context.config.scan.max_file_nodes) if paths else None
+                                  views=found.views, max_nodes=context.config.scan.max_file_nodes) if paths else None
     # check: what admission would still refuse in the files (after the rewrite), and what runs
     settings = context.config.scan
     remaining = scan_paths(paths, context.policy, context.to_target, max_bytes=settings.max_file_bytes,
-                           exclude=settings.exclude, max_nodes=settings.max_file_nodes).findings if paths else []
+                           exclude=settings.exclude, charts=context.charts,
+                           max_nodes=settings.max_file_nodes).findings if paths else []
     remaining += [f for f in found.findings if f.file is None]  # live objects change through `rewrite --cluster`
     return MigrationRun(found, plan, copies, rewritten, remaining, dry_run, lock_failures,
                         pacer.figures() if pacer else [], notes)

@@ -34,6 +34,7 @@ RULES = {
     "disallowed-image": ("error", "Container image refused by the allowed-images policy"),
     "image-outside-pod-spec": ("warning", "Image outside a pod spec that will become a pod image later"),
     "unreadable-file": ("error", "File could not be scanned"),
+    "not-checked": ("warning", "Images that could not be checked (a Helm chart not found)"),
 }
 
 
@@ -118,6 +119,7 @@ def scan_sarif(result: ScanResult) -> str:
                       f.file, f.line, f) for f in result.findings
     ] + [_sarif_result("image-outside-pod-spec", f"{w.image}: {w.reason}", w.file, w.line) for w in result.warnings]
     results += [_sarif_result("unreadable-file", e.message, e.file, None) for e in result.errors]
+    results += [_sarif_result("not-checked", n.message, n.file, None) for n in result.unchecked]
     rules = [{"id": rule, "shortDescription": {"text": text}, "defaultConfiguration": {"level": level}}
              for rule, (level, text) in RULES.items()]
     document = {

@@ -100,7 +100,8 @@ def finding_line(f: Finding) -> str:
     """One grep-friendly line: where: image -> target (workload, container; which assignment
     and parameter decided, and 'would be reported, not refused' unless its effect is Deny)."""
     workload = "/".join(x for x in (f.kind, f.namespace, f.name) if x)
-    context = ", ".join(x for x in (workload, f.container and f"container {f.container}", f.decided_by()) if x)
+    context = ", ".join(x for x in (workload, f.container and f"container {f.container}", f.decided_by(),
+                                    f.reason.startswith("chart default") and "chart default") if x)
     target = f" -> {f.target}" if f.target else f" ({f.reason})"
     return printable(f"{f.location()}: {f.image}{target}" + (f"  [{context}]" if context else ""))
 
@@ -118,6 +119,8 @@ def scan_table(result: ScanResult) -> None:
             screen.print(printable(f"  {w.location()}: {w.image}: {w.reason}"), markup=False)
     for error in result.errors:
         screen.print(f"error: {error}", markup=False, style="red")
+    for unchecked in result.unchecked:  # what could not be checked (a Helm chart not found), never silent
+        screen.print(printable(f"warning: {unchecked}"), markup=False)
     screen.print(f"{plural(result.files, 'file')} scanned: {plural(len(result.findings), 'finding')}, "
                  f"{plural(len(result.warnings), 'warning')}, {plural(len(result.errors), 'error')}.")
 
@@ -125,6 +128,8 @@ def scan_table(result: ScanResult) -> None:
 def errors(result: ScanResult) -> None:
     for error in result.errors:
         err(f"error: {error}")
+    for unchecked in result.unchecked:
+        err(f"warning: {unchecked}")
 
 
 def plan_run(run: PlanRun, *, fmt: str, output: str | None, text: str) -> None:

@@ -10,7 +10,11 @@ repository, which decides its kind: `values.yaml`, `kustomization.yaml`, ...).
 1. Locating: every expected pod image, Helm value, kustomize entry and Compose image is
    found with the same document, path, value, line and style, and nothing else is;
    invalid files raise YamlError. Entries that are not images by this tool's rules are
-   counted as "explained", with the reason printed. Walking every subtree (no skipping
+   counted as "explained", with the reason printed. Expected differences from EXPECTED.json
+   (which predates them), each explained per entry:
+   - a Helm image map without a repository whose name the chart composes from the top-level
+     `imageRegistry`/`imageNamespace` (cert-manager) is an image rewritten through those keys,
+     not a warning (issue 10). Walking every subtree (no skipping
    by text) gives the same result.
 2. Rewriting: every image that is a valid reference is rewritten in memory to
    crazureblue.azurecr.io/<host>/<path>; the result must parse, hold the same images
@@ -124,7 +128,13 @@ def compare_helm(rep: Report, name: str, expected: list[dict], fields: list[Imag
             continue
         if not fields_.get("repository") and not fields_.get("image"):
             rep.tally("helm", "explained")
-            if path in hints:
+            if path in helm and "name" in helm[path].parts:
+                # issue 10: cert-manager's name is composed from the chart-wide imageRegistry and
+                # imageNamespace; the rewrite edits those (the same edit for every image)
+                rep.explain(name, f"{path}: empty repository, the chart composes the name "
+                                  f"({helm[path].value!r}) from imageRegistry/imageNamespace: rewritten there")
+                matched.add(path)
+            elif path in hints:
                 rep.explain(name, f"{path}: empty repository, the chart composes the name "
                                   f"({hints[path].value!r}): reported as a warning")
                 matched.add(path)

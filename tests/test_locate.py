@@ -533,7 +533,8 @@ extraContainers:
     spans_ok(text, fields)
 
 
-def test_helm_map_without_repository_is_a_warning() -> None:
+def test_helm_map_with_a_composed_name() -> None:
+    """cert-manager: `[imageRegistry/][imageNamespace/]name`, the pieces shared by the chart (issue 10)."""
     text = """\
 imageRegistry: quay.io
 imageNamespace: jetstack
@@ -547,9 +548,9 @@ webhook:
 """
     fields = locate(text, filename="values.yaml")
     assert [(f.source, f.path, f.value) for f in fields] == [
-        ("hint", "/image", "quay.io/jetstack/cert-manager-controller"),
+        ("helm", "/image", "quay.io/jetstack/cert-manager-controller"),
     ]
-    assert "composes" in fields[0].note
+    assert set(fields[0].parts) == {"registry", "namespace", "name"} and "imageRegistry" in fields[0].note
 
 
 def test_helm_pod_specs_inside_values_are_pod_images() -> None:

@@ -16,6 +16,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from .charts import LocalCharts
 from .config import find_config, installed_sections, load_config
 from .errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, AcrMirrorError, UsageError
 from .files import printable
@@ -72,9 +73,12 @@ def guarded(func: F) -> F:
               help="acr-mirror config (target, policy); default ./acr-mirror.yaml, else $ACR_MIRROR_CONFIG.")
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if a file would change.")
 @click.option("--diff", is_flag=True, help="Print a unified diff; write nothing.")
+@click.option("--chart-dir", "chart_dirs", multiple=True, type=click.Path(file_okay=False),
+              help="Helm charts on disk (<name>-<version>.tgz or unpacked) for releases' default images; repeatable. "
+                   "Charts in the repository are read anyway; nothing is downloaded.")
 @click.argument("files", nargs=-1, type=click.Path())
 @guarded
-def main(config_path: str | None, check: bool, diff: bool, files: tuple[str, ...]) -> None:
+def main(config_path: str | None, check: bool, diff: bool, chart_dirs: tuple[str, ...], files: tuple[str, ...]) -> None:
     """Rewrite container image references in FILES so they pass the allowed-images policy."""
     require_paths(files)
     # registries/copy/docker are acr-mirror's: checked when it is installed, else left alone
@@ -91,9 +95,10 @@ def main(config_path: str | None, check: bool, diff: bool, files: tuple[str, ...
     if errors:
         raise UsageError(f"{errors[0].message}; nothing was written")
     write = not (check or diff)
-    result = rewrite_paths(files, policy, to_target, write=write,
-                           max_bytes=config.scan.max_file_bytes, exclude=config.scan.exclude,
-                           max_nodes=config.scan.max_file_nodes)
+    # offline: charts in the repository (the hook runs at its root) and --chart-dir only
+    charts = LocalCharts(chart_dirs, ["."])
+    result = rewrite_paths(files, policy, to_target, write=write, max_bytes=config.scan.max_file_bytes,
+                           exclude=config.scan.exclude, charts=charts, max_nodes=config.scan.max_file_nodes)
     for stream, line in rewrite_lines(result, write=write, diff=diff):
         click.echo(line, err=stream == "err", nl=stream == "err")
     if result.errors or (result.changed and (write or check)):

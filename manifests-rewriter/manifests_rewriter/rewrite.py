@@ -13,13 +13,17 @@ import difflib
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from .files import FileError, SourceFile, WriteError, printable, write_atomic
-from .locate import MAX_NODES, LocateError, YamlError, locate
+from .locate import MAX_NODES, Collected, LocateError, YamlError, locate
 from .policy import Policy
 from .reference import ImageRef, ReferenceError, parse
-from .scan import read_sources
+from .scan import read_sources, release_views
 from .splice import Edit, SpliceError, apply_edits, edits_for
+
+if TYPE_CHECKING:
+    from .charts import ChartSource
 
 # source reference -> target reference, or a string saying why it must not be rewritten
 Resolve = Callable[[ImageRef], "ImageRef | str"]
@@ -89,6 +93,7 @@ class RewriteResult:
     skipped: list[Skipped] = field(default_factory=list)
     errors: list[FileError] = field(default_factory=list)
     written: list[str] = field(default_factory=list)
+    unchecked: list[FileError] = field(default_factory=list)  # what could not be checked (a chart not found)
 
     @property
     def changed(self) -> list[FileRewrite]:
@@ -96,16 +101,31 @@ class RewriteResult:
 
 
 def plan_file(source: SourceFile, policy: Policy, resolve: Resolve, result: RewriteResult,
-              max_nodes: int = MAX_NODES) -> FileRewrite | None:
+              views: dict[tuple[int, str], Any] | None = None, roots: Iterable[str] = (),
+              content: str | None = None, max_nodes: int = MAX_NODES) -> FileRewrite | None:
+    """The file's edits. `views`: its Helm releases with their charts resolved, by (document,
+    pointer): the chart's default images get overrides in the release's values (charts.py).
+    `content`: read the file as that kind (a release's value file, whatever its name)."""
+    collect = Collected(detail=True) if views else None
     try:
-        fields = locate(source.text, filename=source.display, max_nodes=max_nodes)
+        fields = locate(source.text, filename=source.display, content=content, collect=collect, max_nodes=max_nodes)
     except YamlError as exc:
         what = "" if isinstance(exc, LocateError) else "not valid YAML, "  # a bomb or a huge file is valid YAML
         result.errors.append(FileError(source.display, f"{what}left unchanged: {exc}"))
         return None
     edits: list[Edit] = []
     changes: list[ImageChange] = []
+    releases = None  # the chart defaults' overrides (charts.py); the fields they cover give way
+    if collect is not None and views:
+        from .charts import plan_releases
+
+        releases = plan_releases(collect.releases, views, policy, resolve, roots)
+        edits.extend(releases.edits)
+        changes.extend(ImageChange(*change) for change in releases.changes)
+        result.skipped.extend(Skipped(source.display, *skipped) for skipped in releases.skipped)
     for fld in fields:
+        if releases is not None and releases.covers(fld):
+            continue
         if fld.source == "hint" or not policy.decide_field(fld).finding:
             continue
         try:
@@ -138,11 +158,28 @@ def plan_file(source: SourceFile, policy: Policy, resolve: Resolve, result: Rewr
 
 def rewrite_paths(paths: Iterable[str], policy: Policy, resolve: Resolve, *, write: bool = True,
                   max_bytes: int = 16 * 1024 * 1024, exclude: tuple[str, ...] = (),
+                  charts: ChartSource | None = None, views: dict[tuple[str, int, str], Any] | None = None,
                   max_nodes: int = MAX_NODES) -> RewriteResult:
-    """Plan every file; with `write`, write the changed ones atomically."""
+    """Plan every file; with `write`, write the changed ones atomically. Helm releases get
+    overrides for their charts' default images: from `views` (a scan's), or resolved here
+    through `charts`."""
+    paths = list(paths)
     result = RewriteResult()
+    if views is None and charts is not None:
+        resolved = release_views(paths, charts, max_bytes=max_bytes, exclude=exclude)
+        views = resolved.views
+        result.unchecked.extend(resolved.unchecked)
+    by_file: dict[str, dict[tuple[int, str], Any]] = {}
+    for (file, document, pointer), view in (views or {}).items():
+        by_file.setdefault(file, {})[(document, pointer)] = view
+    as_values: set[str] = set()
+    if views:
+        from .charts import values_files
+
+        as_values = values_files(views.values())
     for source in read_sources(paths, max_bytes, exclude, result.errors):
-        planned = plan_file(source, policy, resolve, result, max_nodes)
+        content = "helm-values" if as_values and os.path.abspath(source.display) in as_values else None
+        planned = plan_file(source, policy, resolve, result, by_file.get(source.display), paths, content, max_nodes)
         if planned is None:
             continue
         result.files.append(planned)

@@ -14,15 +14,19 @@ import pickle
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import repeat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .files import FileError, Found, SourceFile, discover, read_source
-from .locate import MAX_NODES, ImageField, LocateError, YamlError, locate
+from .locate import MAX_NODES, Collected, ImageField, LocateError, Release, YamlError, locate
+from .locate.release import ValuesSource
 from .model import Decision, Finding
 from .policy import Policy, Verdict
 from .reference import ImageRef, ReferenceError, parse
+
+if TYPE_CHECKING:
+    from .charts import ChartSource
 
 ToTarget = Callable[[ImageRef], ImageRef]
 
@@ -33,12 +37,18 @@ class ScanResult:
     warnings: list[Finding] = field(default_factory=list)
     errors: list[FileError] = field(default_factory=list)
     files: int = 0
+    # Helm releases the files declare and the objects they refer to (the chart pass, charts.py)
+    releases: list[Release] = field(default_factory=list)
+    sources: list[ValuesSource] = field(default_factory=list)
+    unchecked: list[FileError] = field(default_factory=list)  # what could not be checked (a chart not found)
+    views: dict[tuple[str, int, str], Any] = field(default_factory=dict)  # resolved releases, for `rewrite`
 
     def as_json(self) -> dict[str, object]:
         return {
             "findings": [f.as_json() for f in self.findings],
             "warnings": [w.as_json() for w in self.warnings],
             "errors": [e.as_json() for e in self.errors],
+            "unchecked": [n.as_json() for n in self.unchecked],
         }
 
 
@@ -75,19 +85,91 @@ def _judge(image: str, to_target: ToTarget) -> tuple[str | None, str | None, str
 
 
 def scan_text(text: str, policy: Policy, to_target: ToTarget, *, file: str | None = None,
-              result: ScanResult | None = None, max_nodes: int = MAX_NODES) -> ScanResult:
+              result: ScanResult | None = None, content: str | None = None,
+              max_nodes: int = MAX_NODES) -> ScanResult:
     result = result if result is not None else ScanResult()
+    collect = Collected()
     try:
-        fields = locate(text, filename=file or "", max_nodes=max_nodes)
+        fields = locate(text, filename=file or "", content=content, collect=collect, max_nodes=max_nodes)
     except YamlError as exc:
         what = "" if isinstance(exc, LocateError) else "not valid YAML, "  # a bomb or a huge file is valid YAML
         result.errors.append(FileError(file or "<text>", f"{what}left unchanged: {exc}"))
         return result
+    _collected(collect, file or "<text>", result)
     for fld in fields:
         finding = classify(fld, policy, to_target, file)
         if finding is None:
             continue
         (result.warnings if fld.source == "hint" else result.findings).append(finding)
+    return result
+
+
+def _collected(collect: Collected, file: str, result: ScanResult) -> None:
+    if not (collect.releases or collect.sources or collect.notes):
+        return
+    for release in collect.releases:
+        release.file = file
+    for source in collect.sources:
+        source.file = file
+    result.releases.extend(collect.releases)
+    result.sources.extend(collect.sources)
+    result.unchecked.extend(FileError(file, f"line {line}: {message}") for line, message in collect.notes)
+
+
+def chart_defaults(result: ScanResult, charts: ChartSource, policy: Policy | None, to_target: ToTarget | None,
+                   roots: Iterable[str]) -> None:
+    """The chart pass (charts.py): the default images of every release, located at the release."""
+    if not result.releases:
+        return
+    from .charts import apply_updates, chart_pass, values_files
+
+    found = chart_pass(result.releases, result.sources, charts, roots=roots)
+    if policy is not None and to_target is not None:
+        _rescan_values(result, values_files(found.views.values()), policy, to_target)
+    apply_updates(result.findings, found.updates)
+    if policy is not None and to_target is not None:
+        for file, fld, chart in found.defaults:
+            finding = classify(fld, policy, to_target, file)
+            if finding is not None:
+                reason = f"chart default ({chart}; not set in the release's values): {finding.reason}"
+                result.findings.append(replace(finding, reason=reason))
+    result.unchecked.extend(found.notices)
+    result.views.update(found.views)
+
+
+def _rescan_values(result: ScanResult, paths: set[str], policy: Policy, to_target: ToTarget) -> None:
+    """Files releases take values from, read as Helm values whatever their names (`prod.yaml`)."""
+    if not paths:
+        return
+    again = ScanResult()
+    for file in sorted(paths):  # each inside the scanned paths (charts.py reads no other)
+        found = next(iter(discover([file])))
+        source = found if isinstance(found, FileError) else read_source(found, 16 * 1024 * 1024)
+        if isinstance(source, FileError):
+            continue
+        shown = next((f.file for f in result.findings + result.warnings if f.file and os.path.abspath(f.file) == file),
+                     os.path.relpath(file) if not os.path.relpath(file).startswith("..") else file)
+        result.findings = [f for f in result.findings if not f.file or os.path.abspath(f.file) != file]
+        result.warnings = [w for w in result.warnings if not w.file or os.path.abspath(w.file) != file]
+        scan_text(source.text, policy, to_target, file=shown, result=again, content="helm-values")
+    result.findings.extend(again.findings)
+    result.warnings.extend(again.warnings)
+
+
+def release_views(paths: Iterable[str], charts: ChartSource, *, max_bytes: int = 16 * 1024 * 1024,
+                  exclude: tuple[str, ...] = ()) -> ScanResult:
+    """The releases of the files with their charts resolved (`views`: what a rewrite inserts
+    overrides from) and what could not be checked (charts not found), when no scan came first."""
+    paths = list(paths)
+    result = ScanResult()
+    for source in read_sources(paths, max_bytes, exclude):
+        collect = Collected()
+        try:
+            locate(source.text, filename=source.display, collect=collect)
+        except YamlError:
+            continue
+        _collected(collect, source.display, result)
+    chart_defaults(result, charts, None, None, paths)
     return result
 
 
@@ -142,8 +224,10 @@ def _parallel_workers(count: int, policy: Policy, to_target: ToTarget) -> int:
 
 def scan_paths(paths: Iterable[str], policy: Policy, to_target: ToTarget, *,
                max_bytes: int = 16 * 1024 * 1024, exclude: tuple[str, ...] = (),
-               max_nodes: int = MAX_NODES) -> ScanResult:
-    """Scan every YAML file under `paths`; a large tree is spread over the machine's cores."""
+               charts: ChartSource | None = None, max_nodes: int = MAX_NODES) -> ScanResult:
+    """Scan every YAML file under `paths`; a large tree is spread over the machine's cores. With
+    `charts`, the default images of the Helm releases the files declare too (charts.py)."""
+    paths = list(paths)
     result = ScanResult()
     files: list[Found] = []
     for item in discover(paths, exclude):
@@ -165,7 +249,12 @@ def scan_paths(paths: Iterable[str], policy: Policy, to_target: ToTarget, *,
             result.warnings.extend(part.warnings)
             result.errors.extend(part.errors)
             result.files += part.files
+            result.releases.extend(part.releases)
+            result.sources.extend(part.sources)
+            result.unchecked.extend(part.unchecked)
     finally:
         if workers > 1:
             pool.shutdown()
+    if charts is not None:
+        chart_defaults(result, charts, policy, to_target, paths)
     return result

@@ -16,6 +16,7 @@ import yaml
 
 from .errors import AcrMirrorError
 from .locate import ImageField, Scalar
+from .locate.fields import split_name
 from .reference import ImageRef, ReferenceError, parse
 
 
@@ -56,15 +57,6 @@ def apply_edits(text: str, edits: Iterable[Edit]) -> str:
 
 
 # ----------------------------------------------------------------------------- edits for a field
-
-
-def split_name(text: str) -> tuple[str, str]:
-    """("registry/repository" as written, ":tag@digest" as written) of a reference text."""
-    at = text.find("@")
-    rest = text if at < 0 else text[:at]
-    colon = rest.rfind(":")
-    end = colon if colon > rest.rfind("/") and not rest.endswith("]") else len(rest)
-    return text[:end], text[end:]
 
 
 # What a plain scalar may hold and still be read back as the same string: no indicator
@@ -152,6 +144,8 @@ def edits_for(field: ImageField, target: ImageRef) -> list[Edit]:
         return _replace(field, scalar, new)
     _same_version(field, source, target)
     parts = field.parts
+    if field.source == "helm" and "name" in parts and "repository" not in parts and "image" not in parts:
+        return _composed_edits(field, target)
     if field.source == "helm":
         repo_key = "repository" if "repository" in parts and parts["repository"].value else "image"
         repo = parts.get(repo_key)
@@ -173,8 +167,31 @@ def edits_for(field: ImageField, target: ImageRef) -> list[Edit]:
         if not _SAFE_PLAIN.fullmatch(target.name):
             raise SpliceError(f"new name {target.name!r} cannot be written as a plain scalar")
         ins = field.insert
-        return [Edit(ins.offset, ins.offset, "", f"{ins.before}newName: {target.name}{ins.after}")]
+        return [Edit(ins.offset, ins.offset, "", f"{ins.before}{ins.key}{target.name}{ins.after}")]
     raise SpliceError(f"line {field.line}: {field.path}: nothing to rewrite for a {field.source} field")
+
+
+def _composed_edits(field: ImageField, target: ImageRef) -> list[Edit]:
+    """cert-manager's `[registry/][namespace/]name` (chart-wide registry and namespace): the name
+    stays; the registry takes what the target puts before the namespace, or (when the target does
+    not keep the namespace) the registry and namespace take the target's host and path."""
+    parts = field.parts
+    name = parts["name"].value
+    prefix, slash, last = target.name.rpartition("/")
+    if not slash or last != name:
+        raise SpliceError(f"line {field.line}: {field.path}: the target {target} must end with the name {name!r}")
+    registry, namespace = parts.get("registry"), parts.get("namespace")
+    if namespace is not None and prefix.endswith("/" + namespace.value) and registry is not None:
+        return _replace(field, registry, prefix[: -len(namespace.value) - 1])
+    if namespace is not None and registry is not None:
+        host, _, path = prefix.partition("/")
+        if not path:
+            raise SpliceError(f"line {field.line}: {field.path}: the target {target} has no namespace to write")
+        return _replace(field, registry, host) + _replace(field, namespace, path)
+    only = registry or namespace
+    if only is None:
+        raise SpliceError(f"line {field.line}: {field.path}: no registry or namespace value to write the target in")
+    return _replace(field, only, prefix)
 
 
 # ----------------------------------------------------------------------------- files

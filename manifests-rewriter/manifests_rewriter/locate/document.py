@@ -25,6 +25,7 @@ import gc
 import re
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -306,6 +307,9 @@ def pointer(cell: tuple | None) -> str:
     return "/" + "/".join(reversed(keys)) if keys else ""
 
 
+_NONE: frozenset[int] = frozenset()
+
+
 class Walker:
     """Per-document state: merged-mapping cache, the visit budget, Scalars by node.
     `relevant`: for manifests, the offsets may_matter prunes by (None: walk everything)."""
@@ -320,6 +324,14 @@ class Walker:
         self.skipped: set[int] = set()  # collections not entered (nothing image-like in them)
         self._pairs: dict[int, dict[str, tuple[Node, Node]]] = {}
         self._scalars: dict[int, Scalar] = {}
+        self.claimed: set[int] | frozenset[int] = _NONE  # subtrees another locator read (a hand-off): not walked again
+        self.collect: Any = None  # locate(collect=): releases and values sources (locate.release.Collected)
+
+    def claim(self, node: Node) -> None:
+        """A subtree another locator reads (a hand-off): the walk that found it does not enter it."""
+        if not self.claimed:
+            self.claimed = set()
+        self.claimed.add(id(node))  # type: ignore[union-attr]
 
     def scalar(self, node: ScalarNode) -> Scalar:
         found = self._scalars.get(id(node))
@@ -443,7 +455,8 @@ def root_pairs(node: Node | None) -> dict[str, Node]:
 TOP, ITEMS, STATUS, MARKED = 1, 2, 4, 8  # walk flags: an object root, List items, under status, marked key
 COLLECTIONS = (MappingNode, SequenceNode)
 # "ontainers" covers containers/initContainers/ephemeralContainers; "HelmRelease" lets a Flux
-# HelmRelease's root through to its hand-off (gitops.py)
+# HelmRelease's root through to its hand-off (gitops.py; manifest.py lets the other GitOps kinds'
+# roots through by their `kind`, which costs less than more words here)
 RELEVANT = re.compile(r"image|ontainers|HelmRelease|[*\\]", re.IGNORECASE)
 
 Context = tuple  # (kind, namespace, name) of the object a node belongs to
@@ -478,8 +491,8 @@ def walk(w: Walker, index: int, root: Node, visitors: tuple[Visitor, ...], *, ce
     push = stack.append
     while stack:
         node, cell, ctx, flags = stack.pop()
-        if id(node) in seen:  # reached again through an alias: a cycle, or one more visit
-            if w.is_cycle(node, cell[0]):
+        if id(node) in seen:  # reached again through an alias: a cycle, or one more visit; or handed off
+            if id(node) in w.claimed or w.is_cycle(node, cell[0]):
                 continue
         else:
             seen.add(id(node))

@@ -28,11 +28,13 @@ class Scalar:
 @dataclass(frozen=True)
 class Insertion:
     """Where a missing key can be added to a mapping: insert
-    `before + "<key>: <value>" + after` at `offset` (kustomize `newName`)."""
+    `before + key + <value> + after` at `offset` (kustomize `newName: `; Argo CD's
+    `name:tag` image string becomes `name=<value>:tag` with key `=`)."""
 
     offset: int
     before: str
     after: str
+    key: str = "newName: "
 
 
 class Parts(Mapping[str, Scalar]):
@@ -118,3 +120,12 @@ class ImageField:
     # None when the format does not say (Helm values, Kustomize images, Compose) or a label is
     # not a plain string. Azure Policy's labelSelector is matched against them.
     labels: LabelMap | None = None
+
+
+def split_name(text: str) -> tuple[str, str]:
+    """("registry/repository" as written, ":tag@digest" as written) of a reference text."""
+    at = text.find("@")
+    rest = text if at < 0 else text[:at]
+    colon = rest.rfind(":")
+    end = colon if colon > rest.rfind("/") and not rest.endswith("]") else len(rest)
+    return text[:end], text[end:]

@@ -6,18 +6,18 @@ import os
 import re
 from collections.abc import Iterable
 
-from yaml.nodes import MappingNode, Node
+from yaml.nodes import MappingNode, Node, SequenceNode
 
 from .document import root_pairs, text_of
 
 _COMPOSE_NAME = re.compile(r"(?:compose(?:\.[\w-]+)*|docker-compose[\w.-]*)\.ya?ml", re.IGNORECASE)
 _VALUES_NAME = re.compile(r"values[\w.-]*\.ya?ml", re.IGNORECASE)
 _KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+_HELMFILE_NAME = re.compile(r"helmfile\.ya?ml", re.IGNORECASE)
 _NOT_VALUES = ("chart.yaml", "chart.lock", "requirements.yaml", "requirements.lock")
 
 
-def _is_compose_root(root: Node | None) -> bool:
-    pairs = root_pairs(root)
+def _is_compose_root(pairs: dict[str, Node]) -> bool:
     services = pairs.get("services")
     if "apiVersion" in pairs or "kind" in pairs or not isinstance(services, MappingNode) or not services.value:
         return False
@@ -29,39 +29,45 @@ def _is_compose_root(root: Node | None) -> bool:
     )
 
 
-def _is_manifest_root(root: Node | None) -> bool:
-    pairs = root_pairs(root)
-    return "apiVersion" in pairs and "kind" in pairs
+def _is_helmfile_root(pairs: dict[str, Node]) -> bool:
+    """A top-level `releases:` list whose entries name a chart (Helmfile), not a manifest."""
+    releases = pairs.get("releases")
+    if "apiVersion" in pairs or "kind" in pairs or not isinstance(releases, SequenceNode) or not releases.value:
+        return False
+    return all(isinstance(r, MappingNode) and {"name", "chart"} <= root_pairs(r).keys() for r in releases.value)
 
 
 def file_kind(filename: str, documents: Iterable[Node | None] = ()) -> str:
-    """What a file holds: "manifest", "helm-values", "kustomization" or "compose".
+    """What a file holds: "manifest", "helm-values", "kustomization", "compose" or "helmfile".
 
     By name first (`kustomization.yaml`, `compose.yaml`, `docker-compose*.yml`,
-    `values*.yaml`), then by content (`kind: Kustomization`; a top-level `services:`
-    whose entries have `image`/`build`); a file next to a `Chart.yaml` that is not a
-    manifest is Helm values too."""
+    `values*.yaml`, `helmfile.yaml`, `helmfile.d/*.yaml`), then by content (`kind: Kustomization`;
+    a top-level `services:` whose entries have `image`/`build`; a top-level `releases:` list of
+    charts); a file next to a `Chart.yaml` that is not a manifest is Helm values too."""
     base = os.path.basename(filename)
     if base in _KUSTOMIZATION_NAMES or base.lower() in _KUSTOMIZATION_NAMES[:2]:
         return "kustomization"
+    if "helmfile" in filename.lower() and (_HELMFILE_NAME.fullmatch(base) or
+                                           os.path.basename(os.path.dirname(filename)) == "helmfile.d"):
+        return "helmfile"
     if _COMPOSE_NAME.fullmatch(base):
         return "compose"
     if _VALUES_NAME.fullmatch(base):
         return "helm-values"
-    documents = [d for d in documents if d is not None]
-    for root in documents:
-        kind = text_of(root_pairs(root).get("kind"))
-        if kind in ("Kustomization", "Component") and "kustomize" in (
-            text_of(root_pairs(root).get("apiVersion")) or ""
-        ):
+    tops = [root_pairs(d) for d in documents if d is not None]  # each document's top-level keys, once
+    for pairs in tops:
+        kind = text_of(pairs.get("kind"))
+        if kind in ("Kustomization", "Component") and "kustomize" in (text_of(pairs.get("apiVersion")) or ""):
             return "kustomization"
-    if documents and all(_is_compose_root(d) for d in documents):
+    if tops and all(_is_compose_root(p) for p in tops):
         return "compose"
+    if tops and all(_is_helmfile_root(p) for p in tops):  # (a manifest fails on its first document)
+        return "helmfile"
     if (
         base
         and base.lower() not in _NOT_VALUES
         and base.lower().endswith((".yaml", ".yml"))
-        and not any(_is_manifest_root(d) for d in documents)
+        and not any("apiVersion" in p and "kind" in p for p in tops)
         and os.path.isfile(os.path.join(os.path.dirname(filename) or ".", "Chart.yaml"))  # last: a syscall
     ):
         return "helm-values"

@@ -9,6 +9,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .document import LINE_BREAK, Walker, text_of
 from .fields import ImageField, Insertion, Parts
+from .helmcharts import locate_helm_charts
 
 
 def _insertion(w: Walker, entry: MappingNode, key_node: Node) -> Insertion:
@@ -40,6 +41,7 @@ def _insertion(w: Walker, entry: MappingNode, key_node: Node) -> Insertion:
 def locate_document(w: Walker, index: int, root: Node) -> Iterator[ImageField]:
     if not isinstance(root, MappingNode):
         return
+    yield from locate_helm_charts(w, index, root)  # helmCharts[].valuesInline: helmcharts.py (issue 10)
     images = w.pairs(root).get("images")
     if images is None or not isinstance(images[1], SequenceNode):
         return

@@ -17,5 +17,7 @@ VISITORS: tuple[Visitor, ...] = (pods.visit, hints.visit, gitops.visit)
 
 def locate_document(w: Walker, index: int, root: Node) -> Iterator[ImageField]:
     relevant = w.relevant if w.relevant is not None else []
-    if may_matter(relevant, root):
+    # a GitOps object without an image word still matters: a release that overrides nothing runs
+    # its chart's images, a Flux source or a values Secret says what releases use
+    if may_matter(relevant, root) or gitops.is_gitops_root(root):
         yield from walk(w, index, root, VISITORS, relevant=relevant)
