@@ -165,10 +165,12 @@ def rewrite_paths(paths: Iterable[str], policy: Policy, resolve: Resolve, *, wri
     through `charts`."""
     paths = list(paths)
     result = RewriteResult()
+    refused: dict[str, FileError] = {}
     if views is None and charts is not None:
-        resolved = release_views(paths, charts, max_bytes=max_bytes, exclude=exclude)
+        resolved = release_views(paths, charts, max_bytes=max_bytes, exclude=exclude, max_nodes=max_nodes)
         views = resolved.views
         result.unchecked.extend(resolved.unchecked)
+        refused = {e.file: e for e in resolved.errors}  # not valid YAML, or refused: read once, reported once
     by_file: dict[str, dict[tuple[int, str], Any]] = {}
     for (file, document, pointer), view in (views or {}).items():
         by_file.setdefault(file, {})[(document, pointer)] = view
@@ -178,6 +180,9 @@ def rewrite_paths(paths: Iterable[str], policy: Policy, resolve: Resolve, *, wri
 
         as_values = values_files(views.values())
     for source in read_sources(paths, max_bytes, exclude, result.errors):
+        if source.display in refused:
+            result.errors.append(refused[source.display])
+            continue
         content = "helm-values" if as_values and os.path.abspath(source.display) in as_values else None
         planned = plan_file(source, policy, resolve, result, by_file.get(source.display), paths, content, max_nodes)
         if planned is None:

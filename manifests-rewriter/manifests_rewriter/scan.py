@@ -157,7 +157,7 @@ def _rescan_values(result: ScanResult, paths: set[str], policy: Policy, to_targe
 
 
 def release_views(paths: Iterable[str], charts: ChartSource, *, max_bytes: int = 16 * 1024 * 1024,
-                  exclude: tuple[str, ...] = ()) -> ScanResult:
+                  exclude: tuple[str, ...] = (), max_nodes: int = MAX_NODES) -> ScanResult:
     """The releases of the files with their charts resolved (`views`: what a rewrite inserts
     overrides from) and what could not be checked (charts not found), when no scan came first."""
     paths = list(paths)
@@ -165,8 +165,10 @@ def release_views(paths: Iterable[str], charts: ChartSource, *, max_bytes: int =
     for source in read_sources(paths, max_bytes, exclude):
         collect = Collected()
         try:
-            locate(source.text, filename=source.display, collect=collect)
-        except YamlError:
+            locate(source.text, filename=source.display, collect=collect, max_nodes=max_nodes)
+        except YamlError as exc:  # kept, so the rewrite does not spend a bomb's budget on it again
+            what = "" if isinstance(exc, LocateError) else "not valid YAML, "
+            result.errors.append(FileError(source.display, f"{what}left unchanged: {exc}"))
             continue
         _collected(collect, source.display, result)
     chart_defaults(result, charts, None, None, paths)
