@@ -85,6 +85,8 @@ def scan_table(result: ScanResult) -> None:
             screen.print(printable(f"  {w.location()}: {w.image}: {w.reason}"), markup=False)
     for error in result.errors:
         screen.print(f"error: {error}", markup=False, style="red")
+    for notice in result.notices:
+        screen.print(printable(f"note: {notice}"), markup=False)
     screen.print(f"{result.files} files scanned: {len(result.findings)} findings, "
                  f"{len(result.warnings)} warnings, {len(result.errors)} errors.")
 
@@ -92,6 +94,12 @@ def scan_table(result: ScanResult) -> None:
 def errors(result: ScanResult) -> None:
     for error in result.errors:
         err(f"error: {error}")
+    notices(result)
+
+
+def notices(result: ScanResult) -> None:
+    for notice in result.notices:
+        err(f"note: {notice}")
 
 
 def plan_run(run: PlanRun, *, fmt: str, output: str | None, text: str) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
 
-from .files import FileError, SourceFile, discover, read_source
+from .files import ChartTemplate, Exclude, FileError, SourceFile, discover, read_source, templates_notice
 from .locate import ImageField, YamlError, locate
 from .model import Finding
 from .policy import Policy
@@ -33,6 +33,13 @@ class ScanResult:
     warnings: list[Finding] = field(default_factory=list)
     errors: list[FileError] = field(default_factory=list)
     files: int = 0
+    templates: list[str] = field(default_factory=list)  # Helm chart templates skipped
+
+    @property
+    def notices(self) -> list[str]:
+        """Lines to show that are neither findings nor failures."""
+        notice = templates_notice(self.templates)
+        return [notice] if notice else []
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -82,10 +89,15 @@ def scan_text(text: str, policy: Policy, to_target: ToTarget, *, file: str | Non
     return result
 
 
-def read_sources(paths: Iterable[str], max_bytes: int, exclude: tuple[str, ...] = (),
-                 errors: list[FileError] | None = None) -> Iterator[SourceFile]:
-    """Every readable file under `paths`; unreadable ones go to `errors`."""
+def read_sources(paths: Iterable[str], max_bytes: int, exclude: Exclude | tuple[str, ...] = (),
+                 errors: list[FileError] | None = None, templates: list[str] | None = None) -> Iterator[SourceFile]:
+    """Every readable file under `paths`; unreadable ones go to `errors`, chart templates to
+    `templates`."""
     for item in discover(paths, exclude):
+        if isinstance(item, ChartTemplate):
+            if templates is not None:
+                templates.append(item.file)
+            continue
         if isinstance(item, FileError):
             if errors is not None:
                 errors.append(item)
@@ -131,12 +143,14 @@ def _parallel_workers(count: int, policy: Policy, to_target: ToTarget) -> int:
 
 
 def scan_paths(paths: Iterable[str], policy: Policy, to_target: ToTarget, *,
-               max_bytes: int = 16 * 1024 * 1024, exclude: tuple[str, ...] = ()) -> ScanResult:
+               max_bytes: int = 16 * 1024 * 1024, exclude: Exclude | tuple[str, ...] = ()) -> ScanResult:
     """Scan every YAML file under `paths`; a large tree is spread over the machine's cores."""
     result = ScanResult()
     files: list[tuple[Path, str]] = []
     for item in discover(paths, exclude):
-        if isinstance(item, FileError):
+        if isinstance(item, ChartTemplate):
+            result.templates.append(item.file)
+        elif isinstance(item, FileError):
             result.errors.append(item)
         else:
             files.append(item)
