@@ -333,3 +333,29 @@ def test_remote_base_entry_gets_newName(tmp_path: Path) -> None:
     result = rewrite(root)
     assert [c.new for f in result.changed for c in f.changes] == [f"{ACR}/docker.io/library/nginx:1.27.1"]
     assert f"newName: {ACR}/docker.io/library/nginx" in (root / "kustomization.yaml").read_text()
+
+
+# ----------------------------------------------------------------------------- scan: what an entry renders
+
+
+def test_scan_reports_what_an_entry_renders(tmp_path: Path) -> None:
+    """An entry with only newName renders the base's tag (v0.10.1), not `latest`: the finding says
+    so, and a plan made from the findings holds exactly what every rewrite render needs."""
+    from manifests_rewriter.scan import scan_paths
+
+    root = make(tmp_path, CASES["component"])
+    found = scan_paths([str(root)], POLICY, NAMING)
+    kustomize = sorted((Path(f.file).parent.name, f.image) for f in found.findings if f.source == "kustomize")
+    assert kustomize == [("registry", "my-registry.example/frontend:v0.10.1"),
+                         ("registry", "my-registry.example/frontend:v0.10.2"),
+                         ("tag", "my-registry.example/frontend:v0.10.2")]
+    planned = {str(parse(f.image)) for f in found.findings}
+
+    def only_planned(ref: ImageRef) -> ImageRef | str:  # as `migrate` resolves: only what the plan mirrored
+        return NAMING(ref) if str(ref) in planned else "not rewritten: not in the plan"
+
+    before = renders(root)
+    result = rewrite(root, resolve=only_planned)
+    assert not result.skipped, result.skipped
+    assert_renders_kept(before, renders(root))
+    assert scan_paths([str(root)], POLICY, NAMING).findings == []

@@ -121,6 +121,14 @@ class Model:
     notes: dict[str, list[str]] = field(default_factory=dict)  # root -> what is not modelled there
     failed: dict[str, str] = field(default_factory=dict)  # root -> why it could not be built
 
+    def through_entries(self) -> dict[Key, list[Render]]:
+        """For each images: entry that matched, the renders it took part in."""
+        out: dict[Key, list[Render]] = {}
+        for r in self.renders:
+            for ekey in dict.fromkeys(e for e, _ in r.steps):
+                out.setdefault(ekey, []).append(r)
+        return out
+
     def by_root(self) -> dict[str, dict[Key, Render]]:
         out: dict[str, dict[Key, Render]] = {}
         for r in self.renders:

@@ -7,6 +7,7 @@ findings and never rewritten.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import multiprocessing
 import os
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
 
+from . import overlays
 from .files import ChartTemplate, Exclude, FileError, SourceFile, discover, read_source, templates_notice
 from .locate import ImageField, YamlError, locate
 from .model import Finding
@@ -58,6 +60,9 @@ def classify(fld: ImageField, policy: Policy, to_target: ToTarget, file: str | N
                        **base)  # type: ignore[arg-type]
     if not policy.refuses(fld.value, namespace=fld.namespace, container=fld.container):
         return None
+    if "{{" in fld.value:  # a template (Helm, ApplicationSet...) outside a chart's templates/: a warning
+        return Finding(image=fld.value, reason="a template expression: the image is known only once rendered; "
+                                               "not checked", **base)  # type: ignore[arg-type]
     reason, target, digest = _judge(fld.value, policy.image_regex, to_target)
     return Finding(image=fld.value, reason=reason, target=target, digest=digest, **base)  # type: ignore[arg-type]
 
@@ -85,7 +90,7 @@ def scan_text(text: str, policy: Policy, to_target: ToTarget, *, file: str | Non
         finding = classify(fld, policy, to_target, file)
         if finding is None:
             continue
-        (result.warnings if fld.source == "hint" else result.findings).append(finding)
+        (result.warnings if fld.source == "hint" or "{{" in fld.value else result.findings).append(finding)
     return result
 
 
@@ -171,4 +176,27 @@ def scan_paths(paths: Iterable[str], policy: Policy, to_target: ToTarget, *,
     finally:
         if workers > 1:
             pool.shutdown()
+    if any(f.source == "kustomize" for f in result.findings):
+        result.findings = _as_rendered(paths, result.findings, policy, to_target)
     return result
+
+
+def _as_rendered(paths: Iterable[str], findings: list[Finding], policy: Policy, to_target: ToTarget) -> list[Finding]:
+    """An images: entry that matches images stands for what kustomize renders through it: one
+    finding per refused image rendered (an entry with only newName renders the base's tag, not
+    `latest`), so that a plan mirrors what runs (overlays.py models the repository's kustomizations)."""
+    model = overlays.build_model(overlays.kustomization_dirs({overlays.repository_root(p) for p in paths}))
+    through = model.through_entries()
+    out: list[Finding] = []
+    for f in findings:
+        renders = through.get((os.path.realpath(f.file), f.document or 0, f.path or "")) \
+            if f.source == "kustomize" and f.file else None
+        if not renders:
+            out.append(f)
+            continue
+        for image in dict.fromkeys(r.final for r in renders if policy.refuses(r.final)):
+            roots = ", ".join(sorted({overlays.shown(r.root) for r in renders if r.final == image}))
+            reason, target, digest = _judge(image, policy.image_regex, to_target)
+            out.append(dataclasses.replace(f, image=image, target=target, digest=digest,
+                                           reason=f"{reason}; rendered through this images: entry by {roots}"))
+    return out
