@@ -83,7 +83,7 @@ def scan(paths: tuple[str, ...], config_path: str | None, fmt: str, **kwargs: An
     context = _open(config_path, _cluster(kwargs), strict=False)
     result = pipeline.scan(context, paths)
     if fmt in ("json", "sarif"):
-        terminal.notices(result)  # stdout holds the document
+        terminal.notes(result)  # stdout holds the document
     if fmt == "json":
         click.echo(report.scan_json(result))
     elif fmt == "sarif":

@@ -85,8 +85,8 @@ def scan_table(result: ScanResult) -> None:
             screen.print(printable(f"  {w.location()}: {w.image}: {w.reason}"), markup=False)
     for error in result.errors:
         screen.print(f"error: {error}", markup=False, style="red")
-    for notice in result.notices:
-        screen.print(printable(f"note: {notice}"), markup=False)
+    for note in result.notes:
+        screen.print(printable(f"note: {note}"), markup=False)
     screen.print(f"{result.files} files scanned: {len(result.findings)} findings, "
                  f"{len(result.warnings)} warnings, {len(result.errors)} errors.")
 
@@ -94,12 +94,12 @@ def scan_table(result: ScanResult) -> None:
 def errors(result: ScanResult) -> None:
     for error in result.errors:
         err(f"error: {error}")
-    notices(result)
+    notes(result)
 
 
-def notices(result: ScanResult) -> None:
-    for notice in result.notices:
-        err(f"note: {notice}")
+def notes(result: ScanResult) -> None:
+    for note in result.notes:
+        err(f"note: {note}")
 
 
 def plan_run(run: PlanRun, *, fmt: str, output: str | None, text: str) -> None:

@@ -237,6 +237,18 @@ CASES = {
         "all/kustomization.yaml": ("resources: [../a, ../b]\nimages:\n- name: nginx\n  newTag: 1.27.0\n"
                                    "- name: docker.io/library/redis\n  newName: redis\n  newTag: 7.4.1\n"),
     },
+    "patches": {  # argo-cd's ha/base/redis-ha: a JSON 6902 patch adds a container the entries then retag
+        "base/deploy.yaml": deployment("w", "nginx:1.25"),
+        "base/kustomization.yaml": "resources: [deploy.yaml]\n",
+        "ha/add-init.yaml": ("- op: add\n  path: /spec/template/spec/initContainers\n  value:\n"
+                             "  - name: init\n    image: nginx:1.25\n"
+                             "- op: add\n  path: /spec/template/spec/containers/-\n"
+                             "  value: {name: side, image: 'docker.io/library/busybox:1.36'}\n"),
+        "ha/kustomization.yaml": ("resources: [../base]\npatches:\n- path: add-init.yaml\n"
+                                  "  target: {kind: Deployment, name: w}\n"
+                                  "images:\n- name: nginx\n  newTag: 1.25.5\n"
+                                  "- name: docker.io/library/busybox\n  newTag: '1.37'\n"),
+    },
     "regex-entry": {  # `.*nginx` matches both new names too: nothing to rename
         "base/deploy.yaml": deployment("w", "nginx:1.25", "quay.io/org/nginx:1.25"),
         "base/kustomization.yaml": "resources: [deploy.yaml]\n",
@@ -359,3 +371,22 @@ def test_scan_reports_what_an_entry_renders(tmp_path: Path) -> None:
     assert not result.skipped, result.skipped
     assert_renders_kept(before, renders(root))
     assert scan_paths([str(root)], POLICY, NAMING).findings == []
+
+
+def test_hook_given_a_base_brings_the_patches_its_overlay_entries_match(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The overlay's entry must follow the base's new name; the image its patch writes (matched by
+    the same entry) is rewritten with them, or it would lose the entry's tag."""
+    root = make(tmp_path, CASES["patches"])
+    before = renders(root)
+    monkeypatch.chdir(root)
+    result = rewrite_paths(["base/deploy.yaml"], POLICY, NAMING)
+    assert not result.skipped and not result.errors
+    assert sorted(f.source.display for f in result.changed) == ["base/deploy.yaml", "ha/add-init.yaml",
+                                                               "ha/kustomization.yaml"]
+    after = renders(root)
+    init = after["ha"][("Deployment/w", "/spec/template/spec/initContainers/0/image")]
+    assert init == f"{ACR}/docker.io/library/nginx:1.25.5"
+    # the busybox sidecar is no base image of the file given: it stays, with its overlay tag
+    assert after["ha"][("Deployment/w", "/spec/template/spec/containers/1/image")] == "docker.io/library/busybox:1.37"
+    assert_renders_kept(before, after, refused_left={"docker.io/library/busybox:1.37"})

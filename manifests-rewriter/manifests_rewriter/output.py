@@ -15,8 +15,8 @@ def rewrite_lines(result: RewriteResult, *, write: bool, diff: bool) -> Iterator
         yield "err", f"error: {error}"
     for skipped in result.skipped:
         yield "err", f"skipped: {skipped}"
-    for notice in result.notices:
-        yield "err", f"note: {printable(notice)}"
+    for note in result.notes:
+        yield "err", f"note: {printable(note)}"
     for planned in result.changed:
         if diff:
             yield "out", planned.diff()

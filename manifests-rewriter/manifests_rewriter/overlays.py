@@ -37,11 +37,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import yaml
+
 from . import files
 from . import kustomize_model as km
-from .locate import ImageField
+from .locate import ImageField, YamlError, locate
 from .policy import Policy
 from .reference import ImageRef, ReferenceError, parse
+
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 # (real path, document index, JSON pointer): an image field or an images: entry
 Key = tuple[str, int, str]
@@ -63,7 +67,12 @@ class EntryEdit:
     new_name: str | None = None
 
 
-Decision = Keep | EntryEdit
+@dataclass(frozen=True)
+class InPlace:
+    """Rewrite the field as any refused field, though its file is not among the files given."""
+
+
+Decision = Keep | EntryEdit | InPlace
 
 
 def entry_key(entry: km.ImageEntry) -> Key:
@@ -149,6 +158,7 @@ def build_model(directories: Iterable[str], *, texts: Mapping[str, str] | None =
     """Build every kustomization (components are built by the kustomizations using them)."""
     model = Model()
     parsed = {} if parsed is None else parsed
+    patched: dict[str, list[ImageField]] = {}
     for directory in directories:
         try:
             b = km.build(directory, texts=texts, parsed=parsed)
@@ -167,7 +177,82 @@ def build_model(directories: Iterable[str], *, texts: Mapping[str, str] | None =
         for f in b.fields:
             key = (os.path.realpath(f.source), f.doc, f.pointer)
             model.renders.append(Render(directory, key, f.original, f.image, tuple(steps.get(key, ()))))
+        seen = {r.key for r in model.renders if r.root == directory}
+        for r in _patch_renders(b, directory, [], texts or {}, patched):
+            if r.key not in seen:
+                seen.add(r.key)
+                model.renders.append(r)
+                model.entries.update((e, _entry_of(b, e)) for e, _ in r.steps)
     return model
+
+
+# ----------------------------------------------------------------------------- images that patches write
+
+
+def _entries_of_component(c: km.Build) -> list[km.ImageEntry]:
+    """The entries a component applies: its own components' first, then its own."""
+    return [e for child in c.children if child.kind == "Component" for e in _entries_of_component(child)] + c.entries
+
+
+def _entry_of(b: km.Build, key: Key) -> km.ImageEntry:
+    return next(e for node in b.walk() for e in node.entries if entry_key(e) == key)
+
+
+def _patch_files(b: km.Build, texts: Mapping[str, str]) -> list[str]:
+    """The local files a kustomization's patches read (patches, patchesStrategicMerge, patchesJson6902)."""
+    real = os.path.realpath(b.kustomization)
+    try:
+        text = texts.get(real)
+        if text is None:
+            with open(real, encoding="utf-8") as f:
+                text = f.read(km.MAX_FILE_BYTES)
+        k = yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    refs = []
+    for key in ("patches", "patchesStrategicMerge", "patchesJson6902"):
+        for p in (k.get(key) or []) if isinstance(k, dict) and isinstance(k.get(key), list) else []:
+            ref = p.get("path") if isinstance(p, dict) else p if isinstance(p, str) and "\n" not in p else None
+            if isinstance(ref, str) and not km._is_remote(ref):
+                path = os.path.normpath(os.path.join(b.directory, ref))
+                if os.path.isfile(path):
+                    refs.append(path)
+    return refs
+
+
+def _patch_renders(b: km.Build, root: str, tail: list[km.ImageEntry], texts: Mapping[str, str],
+                   cache: dict[str, list[ImageField]]) -> Iterator[Render]:
+    """The images written in the patch files of `b` and of every build below it, with the
+    entries that apply to them: a patch applies before its kustomization's images: entries and
+    everything above it (`tail`: later components, then each parent's entries). The model does
+    not apply patches; this is enough to keep an entry matching an image a patch writes."""
+    chain = b.entries + tail
+    for path in _patch_files(b, texts):
+        real = os.path.realpath(path)
+        if real not in cache:
+            cache[real] = _pod_fields(real, texts)
+        for f in cache[real]:
+            image, steps = f.value, []
+            for entry in chain:
+                if km.is_matched(image, entry.name):
+                    steps.append((entry_key(entry), image))
+                    image = entry.apply(image) or image
+            yield Render(root, (real, f.document, f.path), f.value, image, tuple(steps))
+    components = [i for i, c in enumerate(b.children) if c.kind == "Component"]
+    for i, c in enumerate(b.children):
+        later = [b.children[j] for j in components if j > i]  # a resource comes before every component
+        yield from _patch_renders(c, root, [e for a in later for e in _entries_of_component(a)] + chain, texts, cache)
+
+
+def _pod_fields(real: str, texts: Mapping[str, str]) -> list[ImageField]:
+    try:
+        text = texts.get(real)
+        if text is None:
+            with open(real, encoding="utf-8") as f:
+                text = f.read(km.MAX_FILE_BYTES)
+        return [f for f in locate(text, filename=real) if f.source == "pod"]
+    except (OSError, UnicodeDecodeError, YamlError):
+        return []
 
 
 # ----------------------------------------------------------------------------- deciding
@@ -253,18 +338,32 @@ class Planner:
         return answer
 
     # -- one group
-    def _in_place(self, key: Key) -> str | None:
-        """The new image of a base field rewritten in place, or None when it stays."""
+    def _in_place(self, key: Key, drag: bool) -> str | None:
+        """The new image of a field rewritten in place, or None when it stays. `drag`: a field
+        outside the files given may be rewritten too (its group has one among them that is)."""
         f = self.located(key)
-        if key[0] not in self.given or f is None or f.source != "pod" or not self.refuses(f.value, key):
+        if f is None or f.source != "pod" or not self.refuses(f.value, key):
+            return None
+        if key[0] not in self.given and not (drag and self.writable(key[0])):
             return None
         target = self.target(f.value)
         return None if isinstance(target, str) else _with_name(f.value, target.name)
 
-    def _solve(self, renders: list[Render], entries: set[Key]) -> dict[Key, km.ImageEntry]:
+    def _solve(self, renders: list[Render], entries: set[Key]) -> tuple[dict[Key, km.ImageEntry], set[Key]]:
         """The entries' new state, so that every render of the group ends with its target (or
-        as it was, when the policy allows it). Raises _Conflict."""
-        base = {r.key: self._in_place(r.key) or r.original for r in renders}
+        as it was, when the policy allows it), and the fields outside the files given that are
+        rewritten with the group (an overlay's patch, a second base the same entry matches).
+        Raises _Conflict."""
+        keys = list(dict.fromkeys(r.key for r in renders))
+        moved = {k: self._in_place(k, False) for k in keys}
+        dragged: set[Key] = set()
+        if any(moved.values()):  # the group changes: what it links outside the files given follows
+            for k in keys:
+                if moved[k] is None and k[0] not in self.given:
+                    moved[k] = self._in_place(k, True)
+                    dragged |= {k} if moved[k] else set()
+        originals = {r.key: r.original for r in renders}
+        base: dict[Key, str] = {k: v or originals[k] for k, v in moved.items()}
         state = {e: self.model.entries[e] for e in entries}
         for r in renders:  # a render that cannot be rewritten blocks the whole group
             if r.steps and self.refuses(r.final, r.key):
@@ -312,7 +411,7 @@ class Planner:
                     state[ekey] = replace(state[ekey], new_name=target.name)
                     changed = True
             if not changed:
-                return state
+                return state, dragged
         raise _Conflict("the images: entries do not settle on one name")  # pragma: no cover - a cycle
 
     def decide(self) -> dict[Key, Decision]:
@@ -325,11 +424,14 @@ class Planner:
         for group, (renders, entries) in groups.items():
             if not entries and group not in self.frozen:
                 continue  # no entry involved: the field is rewritten as any other
+            if not any(k[0] in self.given for k in [*(r.key for r in renders), *entries]):
+                continue  # nothing of it is being rewritten
             reason = self.frozen.get(group)
             state: dict[Key, km.ImageEntry] = {}
+            dragged: set[Key] = set()
             if reason is None:
                 try:
-                    state = self._solve(renders, entries)
+                    state, dragged = self._solve(renders, entries)
                     for ekey, new in state.items():
                         old = self.model.entries[ekey]
                         if new != old and (self.located(ekey) is None or not (ekey[0] in self.given or
@@ -345,6 +447,7 @@ class Planner:
                 for ekey in entries:
                     decisions[ekey] = Keep(why)
                 continue
+            decisions.update((k, InPlace()) for k in dragged)
             for ekey, new in state.items():
                 old = self.model.entries[ekey]
                 decisions[ekey] = EntryEdit(new.name if new.name != old.name else None,

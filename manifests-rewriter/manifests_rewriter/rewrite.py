@@ -69,7 +69,7 @@ class RewriteResult:
     skipped: list[Skipped] = field(default_factory=list)
     errors: list[FileError] = field(default_factory=list)
     written: list[str] = field(default_factory=list)
-    notices: list[str] = field(default_factory=list)  # what the user should know, not a failure
+    notes: list[str] = field(default_factory=list)  # what the user should know, neither a failure nor a warning
 
     @property
     def changed(self) -> list[FileRewrite]:
@@ -116,7 +116,7 @@ def plan_file(source: SourceFile, policy: Policy, resolve: Resolve,
                 new_edits = entry_edits(fld, name=decision.name, new_name=decision.new_name)
                 new_value = _entry_value(fld, decision)
             elif not refused:
-                continue
+                continue  # (InPlace: only a refused field is rewritten)
             else:
                 target = _target(fld, policy, resolve)
                 if isinstance(target, str):
@@ -176,7 +176,7 @@ def rewrite_paths(paths: Iterable[str], policy: Policy, resolve: Resolve, *, wri
              for source in read_sources(paths, max_bytes, exclude, result.errors, templates)]
     notice = templates_notice(templates)
     if notice:
-        result.notices.append(notice)
+        result.notes.append(notice)
     if any(p.rewrite is not None and p.rewrite.changed for p in plans):
         plans = _keep_kustomize_renders(paths, plans, policy, resolve, max_bytes, exclude, result)
     for planned in plans:
@@ -250,10 +250,15 @@ def _keep_kustomize_renders(paths: list[str], plans: list[FilePlan], policy: Pol
     for real, planned in current.items():
         if real not in by_path and planned.rewrite is not None and planned.rewrite.changed:
             out.append(planned)
-            result.notices.append(f"{planned.source.display}: not among the files given, changed too: its images: "
-                                  f"entries must keep matching the base images rewritten")
+            result.notes.append(f"{planned.source.display}: not among the files given, changed too: kustomize "
+                                  f"matches its images by name with those rewritten")
     changed = {real for real, p in current.items() if p.rewrite is not None and p.rewrite.changed}
-    for root, notes in model.notes.items():
+    notes: dict[str, None] = {}
+    for root, model_notes in model.notes.items():
         if any(r.key[0] in changed for r in model.renders if r.root == root):
-            result.notices.extend(f"kustomize: {note}" for note in notes if "can add, change or delete images" in note)
+            for note in model_notes:
+                if "can add, change or delete images" in note:  # what the check above cannot see
+                    file, _, rest = note.partition(": ")
+                    notes[f"kustomize: {overlays.shown(file)}: {rest}"] = None
+    result.notes.extend(notes)
     return out

@@ -38,7 +38,7 @@ class ScanResult:
     templates: list[str] = field(default_factory=list)  # Helm chart templates skipped
 
     @property
-    def notices(self) -> list[str]:
+    def notes(self) -> list[str]:
         """Lines to show that are neither findings nor failures."""
         notice = templates_notice(self.templates)
         return [notice] if notice else []

@@ -1,5 +1,6 @@
 """Kubernetes manifests: one walk per document, its mappings handed to the pod-spec visitor
-(pods), the hint visitor (hints) and the GitOps hand-offs (gitops). A subtree without
+(pods), the hint visitor (hints), the GitOps hand-offs (gitops) and kustomize JSON 6902 patch
+operations that write an image (patches). A subtree without
 anything image-like is not entered (document.may_matter)."""
 
 from __future__ import annotations
@@ -8,11 +9,11 @@ from collections.abc import Iterator
 
 from yaml.nodes import Node
 
-from . import gitops, hints, pods
+from . import gitops, hints, patches, pods
 from .document import Visitor, Walker, may_matter, walk
 from .fields import ImageField
 
-VISITORS: tuple[Visitor, ...] = (pods.visit, hints.visit, gitops.visit)
+VISITORS: tuple[Visitor, ...] = (pods.visit, hints.visit, gitops.visit, patches.visit)
 
 
 def locate_document(w: Walker, index: int, root: Node) -> Iterator[ImageField]:
