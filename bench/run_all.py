@@ -2,7 +2,8 @@
 
 Scan throughput vs a plain PyYAML parse; sync wall time vs skopeo and the Docker path,
 bytes moved, no-op re-sync, peak RSS; cluster scan vs a plain list-everything script; sync
-through a WAN-shaped link (wanproxy) vs skopeo and the link floor ("wan", several minutes).
+through a WAN-shaped link (wanproxy) vs skopeo and the link floor ("wan", several minutes); bytes
+through the runner for the registry engine, acr-import and cache rules (served ARM, "acr-import").
 Pass names to run only some: `python bench/run_all.py scan sync`; `--quick` passes --quick to
 the benches that have it (a smaller "wan" run).
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BENCHES = {"scan": "bench_scan.py", "sync": "bench_sync.py", "docker": "bench_docker.py", "cluster": "bench_cluster.py", "noop": "bench_noop.py",
-           "wan": "bench_wan.py"}
+           "wan": "bench_wan.py", "acr-import": "bench_acr_import.py"}
 QUICK = {"wan"}  # benches that take --quick
 
 

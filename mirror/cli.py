@@ -32,9 +32,13 @@ def cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--context", help="Kubeconfig context."),
         click.option("--namespace", help="Only this namespace (default: all)."),
         click.option("--policy-from-cluster", is_flag=True,
-                     help="Read imageRegex and exclusions from the cluster's Gatekeeper constraint."),
+                     help="Read the policy from the cluster's Gatekeeper constraints (and Gatekeeper's Config)."),
         click.option("--policy-file", type=click.Path(dir_okay=False),
-                     help="Read the policy from an Azure Policy assignment exported as JSON."),
+                     help="Read the policy from Azure Policy assignments, initiatives and exemptions exported as "
+                          "JSON (az policy assignment show/list, az policy exemption list)."),
+        click.option("--policy-from-azure", metavar="SCOPE",
+                     help="Read the assignments in force at a subscription, resource group or cluster resource id "
+                          "from Azure Resource Manager (with their initiatives and exemptions)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -43,7 +47,8 @@ def cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _cluster(kwargs: dict[str, Any]) -> ClusterOptions:
     return ClusterOptions(kwargs.pop("cluster"), kwargs.pop("kubeconfig"), kwargs.pop("context"),
-                          kwargs.pop("namespace"), kwargs.pop("policy_from_cluster"), kwargs.pop("policy_file"))
+                          kwargs.pop("namespace"), kwargs.pop("policy_from_cluster"), kwargs.pop("policy_file"),
+                          kwargs.pop("policy_from_azure"))
 
 
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False),
@@ -144,6 +149,34 @@ def sync(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...
     if report_path:
         report.sync_report(report_path, run)
     terminal.sync_run(run)
+    _exit(exits.exit_code(run))
+
+
+@main.command("cache-rules")
+@click.argument("paths", nargs=-1, type=click.Path())
+@cluster_options
+@config_option
+@click.option("--image", "images", multiple=True, help="Also cover this image (repeatable).")
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="Cover this plan's images (no re-scan).")
+@click.option("--dry-run", is_flag=True, help="Read the existing rules; create and pull nothing.")
+@click.option("--pull/--no-pull", default=True, show_default=True,
+              help="Pull each image once through the cache and compare its digest with the source's.")
+@guarded
+def cache_rules(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...], plan_path: str | None,
+                dry_run: bool, pull: bool, **kwargs: Any) -> None:
+    """ACR cache rules instead of copies: one rule per upstream registry (and the credential set
+    it needs) so the target names pull through; then `rewrite` needs no copy. Exit 1 if an image
+    cannot be served by the cache (copy those with sync)."""
+    context = _open(config_path, _cluster(kwargs))
+    if plan_path:
+        if paths or images:
+            raise UsageError("--plan covers the plan as reviewed: give no PATH or --image with it")
+        the_plan, found = Plan.load(plan_path), None
+    else:
+        planned = pipeline.build_plan(context, paths, images)
+        the_plan, found = planned.plan, planned.scan
+    run = pipeline.cache_rules(context, the_plan, dry_run=dry_run, pull=pull, found=found)
+    terminal.cache_rule_run(run)
     _exit(exits.exit_code(run))
 
 

@@ -1,7 +1,8 @@
 """What every command works with: the configuration and settings, the policy in force (from
 the config, a policy file or the cluster), the target naming, and the cluster connection.
 
-Policy sources, one place: `--policy-file` (an exported Azure Policy assignment),
+Policy sources, one place: `--policy-file` (Azure Policy assignments, initiatives and exemptions
+exported as JSON), `--policy-from-azure SCOPE` (the same, read from Azure Resource Manager),
 `--policy-from-cluster` (the Gatekeeper constraints), else the config's `policy:` section. A
 new source is a branch of `_load_policy` and its option in the CLI.
 """
@@ -14,6 +15,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from manifests_rewriter.config import Config, find_config, load_config
+from manifests_rewriter.errors import UsageError
 from manifests_rewriter.naming import target_for
 from manifests_rewriter.policy import LintMessage, Policy, lint
 from manifests_rewriter.reference import ImageRef
@@ -35,6 +37,7 @@ class ClusterOptions:
     namespace: str | None = None
     policy_from_cluster: bool = False
     policy_file: str | None = None
+    policy_from_azure: str | None = None  # a subscription, resource group or cluster resource id
 
 
 @dataclass
@@ -76,13 +79,18 @@ def open_context(config_path: str | None, cluster: ClusterOptions | None = None,
                  progress: Progress | None = None) -> Context:
     """Load the config (--config, ./acr-mirror.yaml, $ACR_MIRROR_CONFIG) and the policy in force."""
     cluster = cluster or ClusterOptions()
-    optional = cluster.policy_from_cluster or bool(cluster.policy_file)
-    config = load_config(find_config(config_path), policy_optional=optional, sections=SECTIONS)
+    sources = [name for name, given in (("--policy-file", cluster.policy_file),
+                                        ("--policy-from-cluster", cluster.policy_from_cluster),
+                                        ("--policy-from-azure", cluster.policy_from_azure)) if given]
+    if len(sources) > 1:
+        raise UsageError(f"{' and '.join(sources)}: give one policy source")
+    config = load_config(find_config(config_path), policy_optional=bool(sources), sections=SECTIONS)
     notes = list(config.warnings)
+    settings = settings_of(config)
     api = _connect(cluster) if cluster.policy_from_cluster else None
-    policy = _load_policy(config, cluster, api, notes)
+    policy = _load_policy(config, settings, cluster, api, notes)
     to_target = naming(config)
-    return Context(config, settings_of(config), policy, to_target, cluster,
+    return Context(config, settings, policy, to_target, cluster,
                    lint(policy, config.target_registry, to_target), notes, progress, api)
 
 
@@ -92,11 +100,16 @@ def _connect(cluster: ClusterOptions) -> ApiClient:
     return connect(cluster.kubeconfig, cluster.context)
 
 
-def _load_policy(config: Config, options: ClusterOptions, api: ApiClient | None, notes: list[str]) -> Policy:
+def _load_policy(config: Config, settings: MirrorSettings, options: ClusterOptions, api: ApiClient | None,
+                 notes: list[str]) -> Policy:
     if options.policy_file:
         from .cluster.policy_source import policy_from_assignment
 
         return policy_from_assignment(options.policy_file, notes=notes)
+    if options.policy_from_azure:
+        from .azure.policy import policy_from_azure
+
+        return policy_from_azure(options.policy_from_azure, settings.azure, notes=notes)
     if options.policy_from_cluster:
         from .cluster.policy_source import policy_from_cluster
 

@@ -13,7 +13,7 @@ from typing import Any
 from manifests_rewriter.errors import EXIT_FAILED, EXIT_OK
 from manifests_rewriter.scan import ScanResult
 
-from .pipeline import MigrationRun, PlanRun, RewriteRun, SyncRun
+from .pipeline import CacheRuleRun, MigrationRun, PlanRun, RewriteRun, SyncRun
 
 
 def _code(failed: bool) -> int:
@@ -57,3 +57,10 @@ def _(run: RewriteRun) -> int:
 def _(run: MigrationRun) -> int:
     failed = any(c.status == "failed" for c in run.copies)
     return _code(failed or bool(run.remaining or run.scan.errors or run.lock_failures))
+
+
+@exit_code.register
+def _(run: CacheRuleRun) -> int:
+    """Failed: a rule or image failed, or an image no cache rule can serve (it needs a copy)."""
+    return _code(bool(run.scan.errors) or any(r.status in ("failed", "unfit") for r in run.rules)
+                 or any(i.status in ("failed", "unfit") for i in run.images))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from manifests_rewriter.errors import UsageError
 from manifests_rewriter.files import FileError
 from manifests_rewriter.model import Finding
-from manifests_rewriter.reference import ReferenceError, parse
+from manifests_rewriter.reference import ImageRef, ReferenceError, parse
 from manifests_rewriter.rewrite import RewriteResult, rewrite_paths
 from manifests_rewriter.scan import ScanResult, scan_paths
 
@@ -25,9 +25,12 @@ from .context import Context
 from .engines import DEFAULT_ENGINE, create_engine
 from .engines.base import CopyResult, Engine
 from .plan import Plan, PlanEntry, plan_from_findings
+from .registry.errors import RegistryError
+from .registry.pacing import ACR_TIERS, PaceFigure, Pacer
 from .resolve import Resolver
 
 if TYPE_CHECKING:
+    from .azure.cache import CachedImage, RulePlan
     from .bulk import RepoOutcome
     from .cluster.patch import PatchResult
 
@@ -49,6 +52,21 @@ class SyncRun:
     dry_run: bool = False
     scan: ScanResult = field(default_factory=ScanResult)
     lock_failures: list[str] = field(default_factory=list)
+    pacing: list[PaceFigure] = field(default_factory=list)  # how close the run came to the ACR tier's budget
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CacheRuleRun:
+    """`cache-rules`: the rule per upstream registry and, per image, whether it resolves through the cache."""
+
+    plan: Plan
+    registry: str  # the target registry's resource id
+    rules: list[RulePlan]
+    images: list[CachedImage]
+    dry_run: bool = False
+    scan: ScanResult = field(default_factory=ScanResult)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -85,6 +103,8 @@ class MigrationRun:
     remaining: list[Finding]
     dry_run: bool
     lock_failures: list[str] = field(default_factory=list)
+    pacing: list[PaceFigure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 # -- scan and plan -------------------------------------------------------------------------------
@@ -153,12 +173,44 @@ def sync(context: Context, plan: Plan, *, engine: str | None = None, dry_run: bo
          fail_fast: bool = False, found: ScanResult | None = None) -> SyncRun:
     """Copy the plan's images (or, dry, say whether each is there already)."""
     mappings = plan.mappings()
+    notes: list[str] = []
     with engine_for(context, engine) as copier:
+        pacer = None if dry_run else pace(context, copier, notes)
         copies = [copier.status(m) for m in mappings] if dry_run else copier.copy_all(mappings, fail_fast=fail_fast)
-    run = SyncRun(plan, copies, dry_run, found or ScanResult())
+    run = SyncRun(plan, copies, dry_run, found or ScanResult(), notes=notes)
+    run.pacing = pacer.figures() if pacer else []
     if not dry_run:
         run.lock_failures = lock_mirrored(context, copies)
     return run
+
+
+def pace(context: Context, copier: Engine, notes: list[str]) -> Pacer | None:
+    """Pace the engine's requests to the target under its ACR tier's budget: the tier from
+    copy.acr_sku, else from ARM when the azure: section locates the registry. None: not paced."""
+    target = context.config.target_registry
+    sku = context.settings.copy.acr_sku
+    if sku is None and context.settings.azure.locates_registry:
+        from .azure.arm import Arm, ArmError
+
+        shared = getattr(copier, "arm", None)  # the acr-import engine has one already
+        owned = not isinstance(shared, Arm)
+        arm = Arm(context.settings.azure, retries=context.settings.copy.retries) if owned else shared
+        assert isinstance(arm, Arm)
+        try:
+            sku = arm.registry(target).sku
+        except ArmError as exc:
+            notes.append(f"requests to {target} are not paced to its tier: {exc}")
+        finally:
+            if owned:
+                arm.close()
+    if sku is None:
+        return None
+    budget = ACR_TIERS.get(sku)
+    if budget is None:
+        notes.append(f"requests to {target} are not paced: no documented budget for the ACR tier {sku!r}")
+        return None
+    copier.pacer = Pacer({target: budget})
+    return copier.pacer
 
 
 def lock_mirrored(context: Context, copies: Sequence[CopyResult]) -> list[str]:
@@ -239,7 +291,9 @@ def migrate(context: Context, paths: Sequence[str], *, dry_run: bool = False, en
         context.progress("scanned", {"findings": len(found.findings), "images": len(plan.entries),
                                      "warnings": len(found.warnings), "errors": len(found.errors)})
     mappings = plan.mappings()
+    notes: list[str] = []
     with engine_for(context, engine) as copier:
+        pacer = None if dry_run else pace(context, copier, notes)
         copies = [copier.status(m) for m in mappings] if dry_run else copier.copy_all(mappings)
         lock_failures = [] if dry_run else lock_mirrored(context, copies)
         done = ("planned", "present") if dry_run else ("copied", "present")
@@ -259,4 +313,41 @@ def migrate(context: Context, paths: Sequence[str], *, dry_run: bool = False, en
     remaining = scan_paths(paths, context.policy, context.to_target, max_bytes=settings.max_file_bytes,
                            exclude=settings.exclude).findings if paths else []
     remaining += [f for f in found.findings if f.file is None]  # live objects change through `rewrite --cluster`
-    return MigrationRun(found, plan, copies, rewritten, remaining, dry_run, lock_failures)
+    return MigrationRun(found, plan, copies, rewritten, remaining, dry_run, lock_failures,
+                        pacer.figures() if pacer else [], notes)
+
+
+# -- cache rules -----------------------------------------------------------------------------------
+
+
+def cache_rules(context: Context, plan: Plan, *, dry_run: bool = False, pull: bool = True,
+                found: ScanResult | None = None) -> CacheRuleRun:
+    """ACR cache rules (and credential sets) so the plan's target names pull through from their
+    upstreams, instead of copies; then each image pulled once through the cache and its digest
+    compared with the source's. Dry: the existing rules are read, nothing is created or pulled."""
+    from .azure.arm import Arm
+    from .azure.cache import apply_rules, pull_through
+
+    settings = context.settings
+    with Arm(settings.azure, retries=settings.copy.retries, timeout=settings.copy.timeout) as arm, \
+            create_engine(DEFAULT_ENGINE, settings) as reader:
+        registry = arm.registry(context.config.target_registry)
+        outcome = apply_rules(arm, registry, plan.entries, context.config.naming, settings.azure, reader.keychain,
+                              dry_run=dry_run)
+        if pull and not dry_run:
+            def read_digest(ref: ImageRef) -> str | None:
+                info = reader.client(ref.registry).repo(ref.repository).head_manifest(ref.reference)
+                return info.digest if info is not None else None
+
+            def pull_manifest(ref: ImageRef) -> str | None:
+                """A GET, not a HEAD: a manifest GET is the pull that makes ACR fetch it from upstream."""
+                try:
+                    return reader.client(ref.registry).repo(ref.repository).get_manifest(ref.reference).digest
+                except RegistryError as exc:
+                    if exc.status == 404:
+                        return None
+                    raise
+
+            pull_through(outcome, read_digest, pull_manifest, workers=settings.copy.concurrency)
+    return CacheRuleRun(plan, outcome.registry, outcome.rules, outcome.images, dry_run, found or ScanResult(),
+                        outcome.notes)

@@ -35,8 +35,14 @@ def scan_json(result: ScanResult) -> str:
     return json.dumps(result.as_json(), indent=2)
 
 
-def _sarif_result(rule: str, message: str, file: str | None, line: int | None) -> dict[str, Any]:
+def _sarif_result(rule: str, message: str, file: str | None, line: int | None,
+                  finding: Finding | None = None) -> dict[str, Any]:
     item: dict[str, Any] = {"ruleId": rule, "level": RULES[rule][0], "message": {"text": message}}
+    if finding is not None and finding.assignment:  # which assignment and parameter decided
+        item["properties"] = {"assignment": finding.assignment, "parameter": finding.parameter,
+                              "effect": finding.effect, "refused": finding.refused}
+        if not finding.refused:
+            item["level"] = "warning"  # Audit, warn, Disabled: reported, not refused
     if file:
         location: dict[str, Any] = {"artifactLocation": {"uri": file.removeprefix("./")}}
         if line:
@@ -48,7 +54,7 @@ def _sarif_result(rule: str, message: str, file: str | None, line: int | None) -
 def scan_sarif(result: ScanResult) -> str:
     results = [
         _sarif_result("disallowed-image", f"{f.image} {f.reason}" + (f"; mirror it as {f.target}" if f.target else ""),
-                      f.file, f.line) for f in result.findings
+                      f.file, f.line, f) for f in result.findings
     ] + [_sarif_result("image-outside-pod-spec", f"{w.image}: {w.reason}", w.file, w.line) for w in result.warnings]
     results += [_sarif_result("unreadable-file", e.message, e.file, None) for e in result.errors]
     rules = [{"id": rule, "shortDescription": {"text": text}, "defaultConfiguration": {"level": level}}
@@ -121,7 +127,8 @@ def sync_report(path: str, run: SyncRun) -> None:
     if path.endswith(".md"):
         write_output(path, markdown_summary(images, [], []))
     else:
-        write_output(path, json.dumps({"images": images}, indent=2) + "\n")
+        write_output(path, json.dumps({"images": images, "pacing": [f.as_json() for f in run.pacing]},
+                                      indent=2) + "\n")
 
 
 def migration_report(path: str, run: MigrationRun) -> None:

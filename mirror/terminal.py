@@ -24,7 +24,8 @@ from manifests_rewriter.scan import ScanResult
 
 from .context import Context
 from .engines.base import CopyResult
-from .pipeline import MigrationRun, PlanRun, RewriteRun, SyncRun
+from .pipeline import CacheRuleRun, MigrationRun, PlanRun, RewriteRun, SyncRun
+from .registry.pacing import PaceFigure
 from .report import human_size
 
 _STYLE = {"copied": "green", "present": "dim", "failed": "red", "planned": "yellow"}
@@ -65,9 +66,10 @@ def setup(context: Context, *, strict: bool = True) -> None:
 
 
 def finding_line(f: Finding) -> str:
-    """One grep-friendly line: where: image -> target (workload, container)."""
+    """One grep-friendly line: where: image -> target (workload, container; which assignment
+    and parameter decided, and 'would be reported, not refused' unless its effect is Deny)."""
     workload = "/".join(x for x in (f.kind, f.namespace, f.name) if x)
-    context = ", ".join(x for x in (workload, f.container and f"container {f.container}") if x)
+    context = ", ".join(x for x in (workload, f.container and f"container {f.container}", f.decided_by()) if x)
     target = f" -> {f.target}" if f.target else f" ({f.reason})"
     return printable(f"{f.location()}: {f.image}{target}" + (f"  [{context}]" if context else ""))
 
@@ -118,7 +120,7 @@ def plan_run(run: PlanRun, *, fmt: str, output: str | None, text: str) -> None:
 # -- sync ----------------------------------------------------------------------------------------
 
 
-def copies_summary(copies: list[CopyResult]) -> None:
+def copies_summary(copies: list[CopyResult], *, notes: bool = True) -> None:
     counts: dict[str, int] = {}
     for r in copies:
         counts[r.status] = counts.get(r.status, 0) + 1
@@ -129,7 +131,7 @@ def copies_summary(copies: list[CopyResult]) -> None:
     for r in copies:
         if r.status == "failed":
             failed.setdefault(r.error or "failed", []).append(r)
-        elif r.note:
+        elif r.note and notes:
             err(f"note: {r.source}: {r.note}")
     for error, same in failed.items():  # a host that cannot be reached is one line, not one per image
         if len(same) == 1:
@@ -139,14 +141,60 @@ def copies_summary(copies: list[CopyResult]) -> None:
             err(f"failed: {len(same)} images ({names}): {error}")
 
 
+def pacing(figures: Iterable[PaceFigure], notes: Iterable[str] = ()) -> None:
+    """How close the run came to the target's request budget (mirror.registry.pacing)."""
+    for note in notes:
+        err(f"note: {note}")
+    for figure in figures:
+        err(f"pacing: {figure.line()}")
+
+
 def sync_run(run: SyncRun) -> None:
     errors(run.scan)
     if run.dry_run:
-        for r in run.copies:
-            out(printable(f"{r.source} -> {r.target}: {'already there' if r.status == 'present' else 'would copy'}"))
-    copies_summary(run.copies)
+        for r in run.copies:  # a dry run's note is the request it would make (acr-import): on its line
+            state = "already there" if r.status == "present" else "failed" if r.status == "failed" else "would copy"
+            out(printable(f"{r.source} -> {r.target}: {state}"))
+            if r.note:
+                out(printable(f"  {r.note}"))
+    copies_summary(run.copies, notes=not run.dry_run)
+    pacing(run.pacing, run.notes)
     for failure in run.lock_failures:
         err(f"failed: {failure}")
+
+
+# -- cache rules ---------------------------------------------------------------------------------
+
+
+def cache_rule_run(run: CacheRuleRun) -> None:
+    """The rule per upstream (stdout), what each image does (stderr), and what does not fit."""
+    errors(run.scan)
+    verb = {"planned": "would create" if run.dry_run else "planned", "created": "created", "reused": "reused"}
+    for rule in run.rules:
+        if rule.status in verb:
+            creds = f" with credential set {rule.credential_set}" if rule.credential_set else ""
+            out(printable(f"cache rule {rule.name}: {rule.target} <- {rule.source} ({plural(rule.images, 'image')}){creds}: "
+                          f"{verb[rule.status]}"))
+        else:
+            err(f"{'not covered' if rule.status == 'unfit' else 'failed'}: {rule.upstream} "
+                f"({plural(rule.images, 'image')}): "
+                f"{rule.reason}")
+        for note in rule.notes:
+            err(f"note: {note}")
+    for note in run.notes:
+        err(f"note: {note}")
+    counts: dict[str, int] = {}
+    for image in run.images:
+        counts[image.status] = counts.get(image.status, 0) + 1
+        if image.status == "cached":
+            out(printable(f"{image.source} -> {image.target}: resolves through the cache ({image.digest})"))
+        elif image.status == "failed" or (image.status == "unfit" and image.rule):
+            err(f"failed: {image.source} -> {image.target}: {image.error}")
+    unfit = counts.get("unfit", 0) + counts.get("failed", 0)
+    err(f"{plural(len(run.rules), 'upstream')}, {plural(len(run.images), 'image')}: "
+        + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        + (f"; copy the {plural(unfit, 'image')} the cache cannot serve with `acr-mirror sync`" if unfit else "")
+        + ("" if run.dry_run or unfit else "; `acr-mirror rewrite` can now rewrite them (no copy needed)"))
 
 
 # -- rewrite -------------------------------------------------------------------------------------
@@ -185,6 +233,7 @@ def migration(run: MigrationRun) -> None:
     for r in run.copies:
         if r.status == "failed":
             err(f"failed: {r.source} -> {r.target}: {r.error}")
+    pacing(run.pacing, run.notes)
     err(f"check: {len(run.remaining)} references would still be refused"
         + ("" if run.remaining else " - ready to enforce"))
     for failure in run.lock_failures:

@@ -21,6 +21,8 @@ OWNERS = {
     "urllib3": {"mirror.cluster.kube"},
     "azure.identity": {"mirror.azure.identity"},
     "azure.containerregistry": {"mirror.azure.acr_lock"},
+    "azure.mgmt.resource.policy": {"mirror.azure.policy"},
+    "azure.mgmt.containerregistry": {"mirror.azure.arm"},
     "tenacity": {"mirror.retry"},
     "rich": {"mirror.terminal"},
     "click": {"mirror.cli", "mirror.terminal", "manifests_rewriter.cli"},

@@ -43,10 +43,15 @@ def test_scan_cluster_json_and_policy_from_cluster_agree(served: Any) -> None:
     configured = scan(kubeconfig, tmp / "config.yaml")
     from_cluster = scan(kubeconfig, tmp / "no-policy.yaml", "--policy-from-cluster")
 
+    decided = ("reason", "assignment", "effect", "refused")  # which assignment decided, and its effect
+
     def strip(data: Any) -> list[dict[str, Any]]:
-        return [{k: v for k, v in f.items() if k != "reason"} for f in data["findings"]]
+        return [{k: v for k, v in f.items() if k not in decided} for f in data["findings"]]
 
     assert configured["findings"] and strip(configured) == strip(from_cluster)
+    assert {(f["assignment"], f["effect"], f["refused"]) for f in configured["findings"]} == {("config", "deny", True)}
+    assert {(f["assignment"], f["effect"], f["refused"]) for f in from_cluster["findings"]} == {
+        ("cluster constraint azurepolicy-k8sazurev2containerallowedimag-8b5c1d0f6a2e4b3c9d7e", "audit", False)}
     for f in configured["findings"]:
         assert f["file"] is None and f["source"] == "cluster" and f["kind"] and f["namespace"] and f["name"]
         assert f["namespace"] not in ("kube-system", "gatekeeper-system")

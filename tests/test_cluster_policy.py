@@ -9,7 +9,7 @@ import pytest
 
 from manifests_rewriter.config import parse_config
 from manifests_rewriter.naming import target_for
-from manifests_rewriter.policy import Policy, PolicyError
+from manifests_rewriter.policy import PolicyError
 from mirror.cluster.kube import connect
 from mirror.cluster.policy_source import (
     DEFINITION_EXCLUDED_NAMESPACES,
@@ -66,7 +66,9 @@ def test_enforcement_action_defaults_to_deny_and_excluded_containers(tmp_path: A
     assert not policy.refuses("nginx:1", container="istio-proxy")
 
 
-def test_several_constraints_same_regex_combine_exclusions_strictly() -> None:
+def test_several_constraints_each_apply_with_their_own_match() -> None:
+    """Admission runs every constraint: a pod must pass each, each with its own match block
+    (b only checks namespace shop). Before issue 13 the exclusions were intersected instead."""
     notes: list[str] = []
     a = constraint("a", REGEX, excluded_namespaces=["kube-system", "monitoring"], excluded_containers=["x", "y"],
                    enforcement_action="deny")
@@ -74,20 +76,27 @@ def test_several_constraints_same_regex_combine_exclusions_strictly() -> None:
                    enforcement_action="dryrun")
     b["spec"]["match"]["namespaces"] = ["shop"]
     policy = policy_from_constraints([b, a], notes)
-    assert isinstance(policy, StrictPolicy)
-    assert policy.excluded_namespaces == ("kube-system",) and policy.excluded_containers == ("y",)
-    assert policy.origin == ("cluster constraints a (enforcementAction deny), b (enforcementAction dryrun), "
-                             "combined: refused when any refuses")
-    assert policy.refuses("nginx:1", namespace="monitoring")  # b does not exclude it
-    assert policy.refuses("nginx:1", container="x")  # nor this container
+    assert isinstance(policy, StrictPolicy) and [p.name for p in policy.parts] == [
+        "cluster constraint a", "cluster constraint b"]
+    assert policy.origin == ("cluster constraints a (enforcementAction deny), b (enforcementAction dryrun): "
+                             "a pod must pass each")
+    assert not policy.refuses("nginx:1", namespace="monitoring")  # a excludes it, b checks only shop
+    in_shop = policy.decide("nginx:1", namespace="shop", container="x")  # a excludes x, b does not
+    assert in_shop.finding and not in_shop.refused and in_shop.assignment == "cluster constraint b"
+    assert "would be reported, not refused" in in_shop.reason()
+    elsewhere = policy.decide("nginx:1", namespace="dev", container="web")
+    assert elsewhere.refused and elsewhere.assignment == "cluster constraint a"
+    assert [(v.assignment, v.parameter) for v in elsewhere.parts] == [
+        ("cluster constraint a", "imageRegex"), ("cluster constraint b", "namespaces")]
     assert not policy.refuses("nginx:1", container="y") and not policy.refuses("nginx:1", namespace="kube-system")
-    assert not policy.refuses("crazureblue.azurecr.io/app:1", namespace="monitoring")
-    assert any("match.namespaces" in n for n in notes)
-    # identical constraints (e.g. assigned twice) are one plain Policy
+    assert not policy.refuses("crazureblue.azurecr.io/app:1", namespace="shop")
+    unknown = policy.decide("nginx:1", container="x")  # no namespace known: b is assumed to apply
+    assert unknown.finding and "assumed to be one of namespaces" in (unknown.assumed or "")
+    # identical constraints (e.g. assigned twice) decide alike
     same = policy_from_constraints([constraint("c1", REGEX, excluded_namespaces=["kube-system"]),
                                     constraint("c2", REGEX, excluded_namespaces=["kube-system"])])
-    assert type(same) is Policy and same.excluded_namespaces == ("kube-system",)
     assert same.origin.startswith("cluster constraints c1 (enforcementAction deny), c2")
+    assert same.refuses("nginx", namespace="shop") and not same.refuses("nginx", namespace="kube-system")
 
 
 def test_several_constraints_different_regexes_must_all_match() -> None:
@@ -192,3 +201,84 @@ def test_assignment_errors_are_one_line(tmp_path: Any, content: str | None, mess
     with pytest.raises(PolicySourceError, match=message) as info:
         policy_from_assignment(path)
     assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gatekeeper's match fields and its own exemptions, on a served cluster (issue 13)
+
+
+def _cluster(extra: list[dict[str, Any]], constraints: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from tests.support.kubeapi import deployment, namespace_object, pods_for
+
+    labels = {"shop": {"env": "prod"}, "legacy": {"env": "prod"}, "lab": {"admission.gatekeeper.sh/ignore": "yes"},
+              "ops": {"control-plane": "true"}, "dev": {"env": "dev"}}
+    objects: list[dict[str, Any]] = []
+    for name, extra_labels in labels.items():
+        ns = namespace_object(name)
+        ns["metadata"]["labels"].update(extra_labels)
+        objects.append(ns)
+        for app in ("web", "api"):
+            d = deployment(f"{app}", name, [{"name": app, "image": f"nginx:1.{len(app)}"}])
+            objects += [d, *pods_for(d, 1)]
+    return [*objects, *extra, *constraints]
+
+
+def _found(tmp_path: Any, objects: list[dict[str, Any]]) -> tuple[set[tuple[str, str]], list[str], Any]:
+    notes: list[str] = []
+    with KubeAPI(objects) as api:
+        client = client_for(api, tmp_path)
+        policy = policy_from_cluster(client, notes=notes)
+        result = scan_cluster(client, policy)
+    return {(f.namespace, f.name) for f in result.findings}, notes, result
+
+
+ALL = {(ns, app) for ns in ("shop", "legacy", "lab", "ops", "dev") for app in ("web", "api")}
+
+
+def test_gatekeeper_config_exempts_namespaces_per_process(tmp_path: Any) -> None:
+    config = {"apiVersion": "config.gatekeeper.sh/v1alpha1", "kind": "Config",
+              "metadata": {"name": "config", "namespace": "gatekeeper-system"},
+              "spec": {"match": [{"excludedNamespaces": ["legacy"], "processes": ["webhook"]},
+                                 {"excludedNamespaces": ["de*"], "processes": ["*"]}]}}
+    ignored = {"apiVersion": "config.gatekeeper.sh/v1alpha1", "kind": "Config",
+               "metadata": {"name": "not-read", "namespace": "gatekeeper-system"},  # only "config" counts
+               "spec": {"match": [{"excludedNamespaces": ["shop"], "processes": ["*"]}]}}
+    deny, _, result = _found(tmp_path, _cluster([config, ignored], [constraint("c", REGEX)]))
+    # legacy: webhook-exempt; dev: exempt for every process; lab: admission.gatekeeper.sh/ignore (default webhook)
+    assert deny == ALL - {(n, a) for n in ("legacy", "dev", "lab") for a in ("web", "api")}
+    assert all(f.refused for f in result.findings)
+    dryrun, _, _ = _found(tmp_path, _cluster([config], [constraint("c", REGEX, enforcement_action="dryrun")]))
+    # dryrun is reported by audit: the webhook's exemptions (legacy, the ignore label) do not hide it
+    assert dryrun == ALL - {("dev", "web"), ("dev", "api")}
+
+
+def test_the_webhooks_own_namespace_selector_is_read(tmp_path: Any) -> None:
+    webhook = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+               "metadata": {"name": "gatekeeper-validating-webhook-configuration"},
+               "webhooks": [{"name": "validation.gatekeeper.sh", "namespaceSelector": {"matchExpressions": [
+                   {"key": "control-plane", "operator": "DoesNotExist"}]}},
+                            {"name": "check-ignore-label.gatekeeper.sh", "namespaceSelector": {}}]}
+    found, _, _ = _found(tmp_path, _cluster([webhook], [constraint("c", REGEX)]))
+    assert found == ALL - {("ops", "web"), ("ops", "api")}  # lab's label no longer matters: this selector does
+
+
+def test_match_label_and_namespace_selectors_kinds_and_scoped_actions(tmp_path: Any) -> None:
+    web_in_prod = constraint("c", REGEX)
+    web_in_prod["spec"]["match"]["labelSelector"] = {"matchLabels": {"app": "web"}}
+    web_in_prod["spec"]["match"]["namespaceSelector"] = {"matchLabels": {"env": "prod"}}
+    found, _, result = _found(tmp_path, _cluster([], [web_in_prod]))
+    assert found == {("shop", "web"), ("legacy", "web")}
+    assert all(f.parameter == "imageRegex" and f.assignment == "cluster constraint c" for f in result.findings)
+
+    deployments_only = constraint("d", REGEX)
+    deployments_only["spec"]["match"]["kinds"] = [{"apiGroups": ["apps"], "kinds": ["Deployment"]}]
+    found, notes, _ = _found(tmp_path, _cluster([], [deployments_only]))
+    assert found == set() and any("do not select Pods" in n for n in notes)
+
+    scoped = constraint("s", REGEX, enforcement_action="scoped")
+    scoped["spec"]["scopedEnforcementActions"] = [
+        {"action": "warn", "enforcementPoints": [{"name": "validation.gatekeeper.sh"}]},
+        {"action": "deny", "enforcementPoints": [{"name": "gator.gatekeeper.sh"}]}]
+    found, _, result = _found(tmp_path, _cluster([], [scoped]))
+    assert found == ALL - {("lab", "web"), ("lab", "api")}
+    assert {(f.effect, f.refused) for f in result.findings} == {("warn", False)}

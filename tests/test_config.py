@@ -27,6 +27,8 @@ def test_example_config_loads_every_key():
     assert settings.registry("docker.io").endpoint == "https://mirror.example.com"
     assert settings.registry("crazureblue.azurecr.io").auth == "azure"
     assert settings.copy.platforms is None and settings.copy.concurrency == 8
+    assert settings.copy.acr_sku is None and settings.azure.import_mode == "NoForce"
+    assert settings.azure.cloud == "AzurePublicCloud" and not settings.azure.locates_registry
     assert config.warnings == ()  # the example keeps no plain-text password
 
 

@@ -80,7 +80,7 @@ class Recorder:
 
 
 def make_config(daemon: Daemon, regs: EngineRegistries, **copy: Any) -> MirrorSettings:
-    hosts = {r.host: RegistrySettings(insecure=True) for r in regs.all}
+    hosts = {h: RegistrySettings(insecure=True) for r in regs.all for h in r.hosts}
     return MirrorSettings(registries=hosts, copy=CopySettings(**copy), docker=DockerSettings(host=daemon.base_url))
 
 
@@ -229,7 +229,7 @@ def test_credentials_are_passed_per_call(daemon: Daemon, engine_registries: Engi
     monkeypatch.setenv("DOCKER_CONFIG", str(docker_config))
     basic = regs.basic
     assert basic.username and basic.password
-    hosts = {r.host: RegistrySettings(insecure=True) for r in regs.all}
+    hosts = {h: RegistrySettings(insecure=True) for r in regs.all for h in r.hosts}
     hosts[basic.host] = RegistrySettings(insecure=True, username=basic.username, password=basic.password)
     config = MirrorSettings(registries=hosts, docker=DockerSettings(host=daemon.base_url))
 
@@ -366,7 +366,7 @@ def test_docker_host_over_tls(dockerd_engine: Daemon, engine_registries: EngineR
     TLS; a CA that did not sign the daemon's certificate is refused at connect time."""
     daemon, regs = dockerd_engine, engine_registries
     assert daemon.tls_url and daemon.cert_dir
-    hosts = {r.host: RegistrySettings(insecure=True) for r in regs.all}
+    hosts = {h: RegistrySettings(insecure=True) for r in regs.all for h in r.hosts}
     tls = DockerSettings(host=daemon.tls_url, tls_verify=True, cert_path=str(daemon.cert_dir))
     m = mapping(regs.source, SINGLE, regs.target, "dockerd-tls")
     with DockerEngine(MirrorSettings(registries=hosts, docker=tls),

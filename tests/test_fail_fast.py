@@ -51,24 +51,31 @@ def test_a_host_that_drops_connections_is_tried_a_bounded_number_of_times(tmp_pa
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
-    port = listener.getsockname()[1]
+    listener.settimeout(0.1)  # so the thread notices the end of the test (a thread left running would
+    port = listener.getsockname()[1]  # keep later tests' scans in one process)
     accepted: list[int] = []
+    done = threading.Event()
 
     def serve() -> None:
-        while True:
+        while not done.is_set():
             try:
                 conn, _ = listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
             accepted.append(1)
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             conn.close()  # a reset before any answer
 
-    threading.Thread(target=serve, daemon=True).start()
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
     try:
         images = [f"--image=127.0.0.1:{port}/team/app{n}:1" for n in range(8)]
         result = _run(tmp_path, ["sync", *images], f"  127.0.0.1:{port}: {{insecure: true}}\n")
     finally:
+        done.set()
+        thread.join()
         listener.close()
     assert result.exit_code == 1, result.output
     # the ping's own budget (3 attempts over https then http) for the whole run, not per image

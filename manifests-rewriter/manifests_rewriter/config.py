@@ -25,7 +25,7 @@ import yaml
 from .errors import ConfigError, PolicyError
 from .files import Exclude
 from .naming import DEFAULT_NAMING, NamingError, check_template
-from .policy import Policy
+from .policy import ALWAYS_EXCLUDED, LabelSelector, Policy
 from .reference import DOMAIN_RE
 
 __all__ = ["CONFIG_ENV", "DEFAULT_CONFIG", "MIRROR_SECTIONS", "Config", "ConfigError", "ScanSettings", "SectionParser", "check_section",
@@ -65,7 +65,8 @@ class Config:
 
 _CORE: dict[str, dict[str, type | tuple[type, ...]]] = {
     "target": {"registry": str, "naming": str},
-    "policy": {"imageRegex": str, "excludedNamespaces": list, "excludedContainers": list},
+    "policy": {"imageRegex": str, "excludedNamespaces": list, "excludedContainers": list, "namespaces": list,
+               "labelSelector": dict},
     "scan": {"max_file_bytes": int, "exclude": list},
 }
 
@@ -110,12 +111,24 @@ def _policy(path: str, data: Any) -> Policy:
     section = check_section(f"{path}: policy", data, _CORE["policy"])
     if "imageRegex" not in section:
         raise ConfigError(f"{path}: policy.imageRegex is required")
+    selector = None
+    if section.get("labelSelector") is not None:
+        try:
+            selector = LabelSelector.parse(section["labelSelector"], "policy.labelSelector")
+        except PolicyError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     try:
+        # The same parameters as the Azure Policy definition, whose system namespaces are
+        # always excluded by design whatever excludedNamespaces says.
         return Policy(
             section["imageRegex"],
             string_list(f"{path}: policy.excludedNamespaces", section.get("excludedNamespaces")),
             string_list(f"{path}: policy.excludedContainers", section.get("excludedContainers")),
             origin=f"config {path}",
+            namespaces=string_list(f"{path}: policy.namespaces", section.get("namespaces")),
+            label_selector=selector,
+            system_namespaces=ALWAYS_EXCLUDED,
+            label="config",
         )
     except PolicyError as exc:
         raise ConfigError(f"{path}: policy.{exc}") from None

@@ -8,6 +8,20 @@ from .reference import ImageRef
 
 
 @dataclass(frozen=True)
+class Decision:
+    """One assignment's verdict on a finding's container (several assignments in force)."""
+
+    assignment: str
+    parameter: str
+    effect: str | None  # deny | warn | audit | disabled when it flags the container, else None
+    finding: bool
+
+    def as_json(self) -> dict[str, object]:
+        return {"assignment": self.assignment, "parameter": self.parameter, "effect": self.effect,
+                "finding": self.finding}
+
+
+@dataclass(frozen=True)
 class Finding:
     """One container image the policy would refuse, and where it was seen.
 
@@ -27,6 +41,27 @@ class Finding:
     container: str | None = None
     target: str | None = None  # where it would go (None when the image is not a valid reference)
     digest: str | None = None  # the running digest (cluster) or the one written
+    # Which assignment (or constraint, or the config) and which of its parameters decided, and
+    # its effect: deny (refused at admission) | warn | audit | disabled (reported, not refused).
+    assignment: str | None = None
+    parameter: str | None = None
+    effect: str | None = None
+    decisions: tuple[Decision, ...] = ()  # every assignment's verdict, when several are in force
+
+    @property
+    def refused(self) -> bool:
+        """Refused at admission (effect Deny); False for Audit/warn/Disabled findings."""
+        return self.effect in (None, "deny")
+
+    def decided_by(self) -> str:
+        """'<assignment>: <parameter>' and, unless refused, what happens instead."""
+        if not self.assignment:
+            return ""
+        text = f"{self.assignment}: {self.parameter}"
+        if not self.refused:
+            effect = {"audit": "Audit", "disabled": "Disabled"}.get(self.effect or "", self.effect)
+            text += f"; would be reported, not refused (effect {effect})"
+        return text
 
     def location(self) -> str:
         if self.file is not None:
@@ -39,6 +74,9 @@ class Finding:
             "kind": self.kind, "namespace": self.namespace, "name": self.name,
             "container": self.container, "image": self.image, "target": self.target,
             "digest": self.digest, "source": self.source, "reason": self.reason,
+            "assignment": self.assignment, "parameter": self.parameter, "effect": self.effect,
+            "refused": self.refused if self.assignment else None,
+            **({"decisions": [d.as_json() for d in self.decisions]} if self.decisions else {}),
         }
 
 

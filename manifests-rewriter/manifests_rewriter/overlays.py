@@ -323,7 +323,10 @@ class Planner:
 
     def refuses(self, image: str, key: Key) -> bool:
         f = self.located(key)
-        return self.policy.refuses(image, namespace=f.namespace if f else None, container=f.container if f else None)
+        if f is None:
+            return self.policy.refuses(image)
+        return self.policy.refuses(image, namespace=f.namespace, container=f.container,
+                                   labels=getattr(f, "labels", None), kind=f.kind, name=f.name)
 
     def target(self, image: str) -> ImageRef | str:
         """The image's target, or why it has none."""

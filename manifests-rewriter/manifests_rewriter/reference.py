@@ -22,7 +22,7 @@ DOCKER_HUB = "docker.io"
 DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 DOCKER_HUB_API_HOST = "registry-1.docker.io"
 DOCKER_HUB_CREDENTIAL_SERVER = "https://index.docker.io/v1/"
-MAX_NAME_LENGTH = 255
+MAX_PATH_LENGTH = 255  # distribution/reference RepositoryNameTotalLengthMax: the path only, not the domain
 
 _ALNUM = r"[a-z0-9]+"
 _SEPARATOR = r"(?:[._]|__|[-]+)"
@@ -163,7 +163,7 @@ def parse(text: str) -> ImageRef:
             raise ReferenceError(f"{text!r}: invalid tag {tag!r}")
     if not rest:
         raise ReferenceError(f"{text!r}: missing repository name")
-    if _HEX64.fullmatch(rest):
+    if _HEX64.fullmatch(text):  # the whole text, as ParseNormalizedNamed: "<64 hex>:tag" is a valid name
         raise ReferenceError(f"{text!r}: a 64-character hex string is an image ID, not a repository name")
     domain, path = _split_domain(rest)
     if not DOMAIN_RE.fullmatch(domain):
@@ -172,8 +172,8 @@ def parse(text: str) -> ImageRef:
         raise ReferenceError(f"{text!r}: repository name must be lowercase")
     if not PATH_RE.fullmatch(path):
         raise ReferenceError(f"{text!r}: invalid repository name {path!r}")
-    if len(domain) + 1 + len(path) > MAX_NAME_LENGTH:
-        raise ReferenceError(f"{text!r}: repository name must not be more than {MAX_NAME_LENGTH} characters")
+    if len(path) > MAX_PATH_LENGTH:  # the path after normalization (docker.io/library/... included)
+        raise ReferenceError(f"{text!r}: repository name must not be more than {MAX_PATH_LENGTH} characters")
     return ImageRef(domain, path, tag, digest, original=text)
 
 

@@ -106,7 +106,7 @@ def plan_file(source: SourceFile, policy: Policy, resolve: Resolve,
             continue
         if fld.source == "hint":
             continue
-        refused = policy.refuses(fld.value, namespace=fld.namespace, container=fld.container)
+        refused = policy.decide_field(fld).finding
         if isinstance(decision, overlays.Keep):
             if refused:
                 plan.skipped.append(Skipped(source.display, fld.line, fld.value, decision.reason))

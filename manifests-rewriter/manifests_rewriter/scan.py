@@ -18,12 +18,13 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
+from typing import Any
 
 from . import overlays
 from .files import ChartTemplate, Exclude, FileError, SourceFile, discover, read_source, templates_notice
 from .locate import ImageField, YamlError, locate
-from .model import Finding
-from .policy import Policy
+from .model import Decision, Finding
+from .policy import Policy, Verdict
 from .reference import ImageRef, ReferenceError, parse
 
 ToTarget = Callable[[ImageRef], ImageRef]
@@ -53,29 +54,37 @@ class ScanResult:
 
 def classify(fld: ImageField, policy: Policy, to_target: ToTarget, file: str | None) -> Finding | None:
     """The Finding for one located field, or None when admission would accept it."""
-    base = dict(source=fld.source, file=file, line=fld.line, document=fld.document, path=fld.path,
-                kind=fld.kind, namespace=fld.namespace, name=fld.name, container=fld.container)
+    base: dict[str, Any] = dict(source=fld.source, file=file, line=fld.line, document=fld.document, path=fld.path,
+                                kind=fld.kind, namespace=fld.namespace, name=fld.name, container=fld.container)
     if fld.source == "hint":
         return Finding(image=fld.value, reason=fld.note or "image outside a pod spec; becomes a pod image later",
-                       **base)  # type: ignore[arg-type]
-    if not policy.refuses(fld.value, namespace=fld.namespace, container=fld.container):
+                       **base)
+    verdict = policy.decide_field(fld)
+    if not verdict.finding:
         return None
     if "{{" in fld.value:  # a template (Helm, ApplicationSet...) outside a chart's templates/: a warning
         return Finding(image=fld.value, reason="a template expression: the image is known only once rendered; "
-                                               "not checked", **base)  # type: ignore[arg-type]
-    reason, target, digest = _judge(fld.value, policy.image_regex, to_target)
-    return Finding(image=fld.value, reason=reason, target=target, digest=digest, **base)  # type: ignore[arg-type]
+                                               "not checked", **base)
+    problem, target, digest = _judge(fld.value, to_target)
+    reason = verdict.reason() + (f"; not a valid image reference: {problem}" if problem else "")
+    return Finding(image=fld.value, reason=reason, target=target, digest=digest, **decided_by(verdict), **base)
+
+
+def decided_by(verdict: Verdict) -> dict[str, Any]:
+    """The Finding fields saying which assignment and parameter decided, and with what effect."""
+    decisions = tuple(Decision(v.assignment, v.parameter, v.effect, v.finding) for v in verdict.parts)
+    return {"assignment": verdict.assignment, "parameter": verdict.parameter, "effect": verdict.effect,
+            "decisions": decisions if len(decisions) > 1 else ()}
 
 
 @functools.lru_cache(maxsize=4096)  # a tree repeats the same few images many times
-def _judge(image: str, regex: str, to_target: ToTarget) -> tuple[str, str | None, str | None]:
-    """Why an image is refused, where it would go, and the digest it pins."""
-    reason = f"does not match imageRegex {regex!r}"
+def _judge(image: str, to_target: ToTarget) -> tuple[str | None, str | None, str | None]:
+    """Why an image is not a valid reference (or None), where it would go, the digest it pins."""
     try:
         ref = parse(image)
-        return reason, str(to_target(ref)), ref.digest
+        return None, str(to_target(ref)), ref.digest
     except ReferenceError as exc:
-        return f"{reason}; not a valid image reference: {exc}", None, None
+        return str(exc), None, None
 
 
 def scan_text(text: str, policy: Policy, to_target: ToTarget, *, file: str | None = None,
@@ -194,9 +203,13 @@ def _as_rendered(paths: Iterable[str], findings: list[Finding], policy: Policy, 
         if not renders:
             out.append(f)
             continue
-        for image in dict.fromkeys(r.final for r in renders if policy.refuses(r.final)):
+        for image in dict.fromkeys(r.final for r in renders):
+            verdict = policy.decide(image)
+            if not verdict.finding:
+                continue
             roots = ", ".join(sorted({overlays.shown(r.root) for r in renders if r.final == image}))
-            reason, target, digest = _judge(image, policy.image_regex, to_target)
-            out.append(dataclasses.replace(f, image=image, target=target, digest=digest,
+            problem, target, digest = _judge(image, to_target)
+            reason = verdict.reason() + (f"; not a valid image reference: {problem}" if problem else "")
+            out.append(dataclasses.replace(f, image=image, target=target, digest=digest, **decided_by(verdict),
                                            reason=f"{reason}; rendered through this images: entry by {roots}"))
     return out

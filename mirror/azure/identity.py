@@ -8,9 +8,10 @@ service-principal `AZURE_*` environment variables; tests and callers may pass an
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..registry.errors import CredentialError
+from ..settings import AZURE_CLOUDS, AzureSettings
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -20,12 +21,22 @@ ACR_AUDIENCE = ACR_SCOPE.removesuffix("/.default")
 
 _lock = threading.Lock()
 _default: TokenCredential | None = None
+_by_cloud: dict[str, TokenCredential] = {}
+# Entra ID login hosts of the sovereign clouds (azure.identity.AzureAuthorityHosts members).
+_AUTHORITIES = {"AzureChinaCloud": "AZURE_CHINA", "AzureUSGovernment": "AZURE_GOVERNMENT"}
 
 
-def default_credential() -> TokenCredential:
-    """One `DefaultAzureCredential` per process."""
+def default_credential(cloud: str | None = None) -> TokenCredential:
+    """One `DefaultAzureCredential` per process (per cloud: a sovereign cloud has its own login host)."""
     global _default
     with _lock:
+        if cloud in _AUTHORITIES:
+            if cloud not in _by_cloud:
+                from azure.identity import AzureAuthorityHosts, DefaultAzureCredential
+
+                authority = getattr(AzureAuthorityHosts, _AUTHORITIES[cloud])
+                _by_cloud[cloud] = DefaultAzureCredential(authority=authority)
+            return _by_cloud[cloud]
         if _default is None:
             from azure.identity import DefaultAzureCredential
 
@@ -61,3 +72,17 @@ class EntraIdTokenProvider:
 
 def default_entra_id() -> EntraIdTokenProvider:
     return EntraIdTokenProvider()
+
+
+def arm_client_kwargs(settings: AzureSettings) -> dict[str, Any]:
+    """Keyword arguments pointing an azure-mgmt client at the configured ARM."""
+    if settings.arm_endpoint:
+        endpoint = settings.arm_endpoint.rstrip("/")
+        kwargs: dict[str, Any] = {"base_url": endpoint,
+                                  "credential_scopes": [settings.arm_scope or f"{endpoint}/.default"]}
+        if settings.ca_file:
+            kwargs["connection_verify"] = settings.ca_file
+        return kwargs
+    from azure.core import AzureClouds
+
+    return {"cloud_setting": getattr(AzureClouds, AZURE_CLOUDS[settings.cloud])}

@@ -21,8 +21,11 @@ the digest that runs: `docker-pullable://repo@sha256:...` or `repo@sha256:...`. 
 is ignored. When the replicas of one owner run different digests of the same image the
 tag has moved: the finding carries the digest most replicas run and a warning names all.
 
-Exclusions follow Gatekeeper: an excluded namespace never yields a finding (nor a
-warning), an excluded container name is skipped wherever it appears.
+Exclusions follow Gatekeeper and the policy's parameters (manifests_rewriter.policy): a
+namespace the policy never checks yields no finding (nor a warning); each container is judged
+with the labels of its pod (a running pod's own; a workload's pod template's when it has no pod
+yet), so labelSelector and namespaceSelector decide as admission would. A finding says which
+assignment and parameter decided it, and whether it is refused or only reported.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ from typing import Any
 
 from manifests_rewriter.files import FileError
 from manifests_rewriter.model import Finding
-from manifests_rewriter.policy import Policy
+from manifests_rewriter.policy import Policy, Verdict
 from manifests_rewriter.reference import ImageRef, ReferenceError, parse
+from manifests_rewriter.scan import decided_by
 
 from .kube import ApiError, api_instance, paged, status_message
 
@@ -130,10 +134,11 @@ class ClusterScan:
 class _Entry:
     """One (top owner, container, image): where it is written and which digests run."""
 
-    __slots__ = ("path", "digests", "list_name")
+    __slots__ = ("path", "digests", "list_name", "verdict")
 
-    def __init__(self, list_name: str) -> None:
+    def __init__(self, list_name: str, verdict: Verdict) -> None:
         self.list_name = list_name
+        self.verdict = verdict  # the first pod's (replicas share their template's labels)
         self.path: str | None = None
         self.digests: dict[str, int] = {}
 
@@ -147,7 +152,7 @@ class _Scanner:
         # (namespace, kind, name) -> its controller reference (apiVersion, kind, name) or None
         self.index: dict[tuple[str, str, str], tuple[str, str, str] | None] = {}
         self.entries: dict[tuple[str, str, str, str, str], _Entry] = {}
-        self.refused: dict[tuple[str, str, str], bool] = {}  # (image, namespace, container) -> refused
+        self.verdicts: dict[tuple[Any, ...], Verdict] = {}  # (image, namespace, container, labels, ...) -> verdict
         self.excluded_ns: dict[str, bool] = {}
         self.top_cache: dict[tuple[str, str, str], tuple[str, str]] = {}
         self.seen_pods: set[str] = set()
@@ -161,11 +166,15 @@ class _Scanner:
             known = self.excluded_ns[namespace] = self.policy.namespace_excluded(namespace)
         return known
 
-    def refuses(self, image: str, namespace: str, container: str) -> bool:
-        key = (image, namespace, container)
-        known = self.refused.get(key)
+    def decide(self, image: str, namespace: str, container: str, labels: dict[str, str] | None, kind: str,
+               name: str) -> Verdict:
+        # names only matter to a constraint's match.name: left out of the key otherwise
+        named = any(p.name_pattern for p in self.policy.parts)
+        key = (image, namespace, container, frozenset((labels or {}).items()), kind, name if named else None)
+        known = self.verdicts.get(key)
         if known is None:
-            known = self.refused[key] = self.policy.refuses(image, namespace=namespace, container=container)
+            known = self.verdicts[key] = self.policy.decide(image, namespace=namespace, container=container,
+                                                            labels=labels or {}, kind=kind, name=name)
         return known
 
     def warn(self, reason: str, *, kind: str | None = None, namespace: str | None = None,
@@ -220,13 +229,17 @@ class _Scanner:
         return result
 
     def record(self, owner: tuple[str, str, str], list_name: str, container: str, image: str,
-               path: str | None, digest: str | None) -> None:
-        if not isinstance(image, str) or not self.refuses(image, owner[1], container):
+               path: str | None, digest: str | None, pod: tuple[dict[str, str] | None, str, str]) -> None:
+        """`pod`: the labels, kind and name of the object judged (a pod, or a workload's template)."""
+        if not isinstance(image, str):
+            return
+        verdict = self.decide(image, owner[1], container, *pod)
+        if not verdict.finding:
             return
         key = (*owner, container, image)
         entry = self.entries.get(key)
         if entry is None:
-            entry = self.entries[key] = _Entry(list_name)
+            entry = self.entries[key] = _Entry(list_name, verdict)
         if path is not None and entry.path is None:
             entry.path = path
         if digest:
@@ -248,11 +261,13 @@ class _Scanner:
                     continue  # a listed owner's template speaks for it
                 top = self.top_owner(namespace, kind.kind, name, ref)
                 spec = dig(obj, kind.pod_spec) or {}
+                template_meta = dig(obj, (*kind.pod_spec[:-1], "metadata")) or {}
+                pod = (template_meta.get("labels") or {}, kind.kind, name)
                 for list_name in ("containers", "initContainers"):
                     for index, container in enumerate(spec.get(list_name) or ()):
                         path = kind.path_of(list_name, index) if top == (kind.kind, name) else None
                         self.record((top[0], namespace, top[1]), list_name, container.get("name", ""),
-                                    container.get("image", ""), path, None)
+                                    container.get("image", ""), path, None, pod)
         self.result.listed[kind.kind] = count
 
     def scan_pods(self) -> None:
@@ -273,6 +288,7 @@ class _Scanner:
                 top = self.top_owner(namespace, "Pod", name, ref) if ref else ("Pod", name)
                 own = top == ("Pod", name)
                 spec, status = pod.get("spec") or {}, pod.get("status") or {}
+                judged = (meta.get("labels") or {}, "Pod", name)
                 for list_name in CONTAINER_LISTS:
                     containers = spec.get(list_name)
                     if not containers:
@@ -283,12 +299,10 @@ class _Scanner:
                         cname = container.get("name", "")
                         path = kind.path_of(list_name, index) if own else None
                         self.record((top[0], namespace, top[1]), list_name, cname, container.get("image", ""),
-                                    path, digests.get(cname))
+                                    path, digests.get(cname), judged)
         self.result.listed["Pod"] = count
 
     def findings(self) -> None:
-        policy = self.policy
-        base_reason = f"does not match imageRegex {policy.image_regex!r} ({policy.origin})"
         by_image: dict[str, dict[str, list[str]]] = {}
         for (kind, namespace, name, container, image), entry in self.entries.items():
             digest = None
@@ -302,6 +316,7 @@ class _Scanner:
                               f"has moved since some pods started. The finding carries {digest}",
                               kind=kind, namespace=namespace, name=name, container=container, image=image)
                 by_image.setdefault(image, {}).setdefault(digest, []).append(where)
+            base_reason = entry.verdict.reason()
             reason, target = base_reason, None
             try:
                 ref = parse(image)
@@ -314,7 +329,8 @@ class _Scanner:
                 reason = f"{base_reason}; not a valid image reference, cannot be mirrored: {exc}"
             self.result.findings.append(Finding(
                 image=image, reason=reason, source="cluster", file=None, path=entry.path, kind=kind,
-                namespace=namespace, name=name, container=container, target=target, digest=digest))
+                namespace=namespace, name=name, container=container, target=target, digest=digest,
+                **decided_by(entry.verdict)))
         for image, digests in sorted(by_image.items()):
             if len(digests) > 1:
                 parts = "; ".join(f"{d} in {', '.join(sorted(w)[:3])}{' ...' if len(w) > 3 else ''}"

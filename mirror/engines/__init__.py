@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 ENGINES: dict[str, str] = {
     "registry": "mirror.engines.registry:RegistryEngine",  # OCI distribution API, registry to registry
     "docker": "mirror.engines.docker:DockerEngine",  # pull, tag, push through a Docker Engine API
+    "acr-import": "mirror.engines.acr_import:AcrImportEngine",  # server-side: ARM importImage into an ACR
 }
 DEFAULT_ENGINE = "registry"
 

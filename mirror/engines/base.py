@@ -33,6 +33,7 @@ from ..settings import MirrorSettings
 
 if TYPE_CHECKING:  # the HTTP stack loads when an engine first talks to a registry, not at start-up
     from ..registry.client import RegistryClient
+    from ..registry.pacing import Pacer
 
 
 class Progress(Protocol):
@@ -83,6 +84,7 @@ class Engine(ABC):
         self._progress = progress
         self._lock = threading.Lock()
         self._clients: dict[str, RegistryClient] = {}
+        self.pacer: Pacer | None = None  # request budgets per host (set before the first request)
 
     # -- what the pipeline calls --------------------------------------------------------------
 
@@ -176,7 +178,8 @@ class Engine(ABC):
                 copy = self.settings.copy
                 client = RegistryClient(host, self.settings.registry(host), credentials=self.keychain.resolve(host),
                                         timeout=copy.timeout, retries=copy.retries,
-                                        max_in_flight=copy.per_registry_limit, settings_for=self.settings.registry)
+                                        max_in_flight=copy.per_registry_limit, settings_for=self.settings.registry,
+                                        pacer=self.pacer)
                 self._clients[host] = client
             return client
 

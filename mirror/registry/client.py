@@ -40,6 +40,7 @@ from .auth import Authenticator, scope
 from .credentials import Credentials
 from .errors import RegistryError, status_error
 from .media import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest, digest_tag, parse_manifest
+from .pacing import Pacer
 from .transport import HostLimiter, Response, Transport, base_urls, redact_url
 
 TAG_PAGE = 1000
@@ -126,13 +127,16 @@ class RegistryClient:
     def __init__(self, host: str, settings: RegistrySettings | None = None, *,
                  credentials: Credentials | None = None, timeout: float = 60.0, retries: int = 5,
                  max_in_flight: int = 8, sleep: Callable[[float], None] | None = None,
-                 settings_for: Callable[[str], RegistrySettings] | None = None):
+                 settings_for: Callable[[str], RegistrySettings] | None = None, pacer: Pacer | None = None):
         self.host = host
         self.settings = settings or RegistrySettings()
         self.retries = retries
         self.transport = Transport(host, self.settings, timeout=timeout, max_in_flight=max_in_flight,
                                    settings_for=settings_for)
         self.transport.observers.append(self._observe)
+        self.pacer = pacer if pacer is not None and pacer.paces(host) else None  # the host's request budget
+        if self.pacer is not None:
+            self.transport.observers.append(self._count_throttling)
         self.rate_limit: str | None = None  # Docker Hub's ratelimit-limit / ratelimit-remaining, last seen
         self.supports_referrers: bool | None = None
         self._sleep = sleep
@@ -220,6 +224,10 @@ class RegistryClient:
 
     # -- requests ------------------------------------------------------------------------
 
+    def _count_throttling(self, response: Response) -> None:
+        if self.pacer is not None:
+            self.pacer.observe(self.host, response.status_code)
+
     def _observe(self, response: Response) -> None:
         limit, remaining = response.headers.get("ratelimit-limit"), response.headers.get("ratelimit-remaining")
         if limit or remaining:
@@ -236,6 +244,8 @@ class RegistryClient:
             url = base + url
         replayable = content is None or isinstance(content, bytes | str)
         for attempt in (1, 2):
+            if self.pacer is not None:
+                self.pacer.take(self.host, method)
             response = self.transport.send(method, url, operation, headers=headers, content=content,
                                            authorization=self.auth.authorization(scopes), authorization_origin=base,
                                            follow=follow, stream=stream)

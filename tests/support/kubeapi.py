@@ -124,6 +124,10 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("apps", "v1", "replicasets", "replicaset", "ReplicaSet", short_names=("rs",), categories=("all",)),
     Resource("batch", "v1", "jobs", "job", "Job", categories=("all",)),
     Resource("batch", "v1", "cronjobs", "cronjob", "CronJob", short_names=("cj",), categories=("all",)),
+    # Gatekeeper's own configuration: its Config (exempt namespaces per process) and webhook
+    Resource("config.gatekeeper.sh", "v1alpha1", "configs", "config", "Config", custom=True),
+    Resource("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations",
+             "validatingwebhookconfiguration", "ValidatingWebhookConfiguration", namespaced=False, generation=False),
     Resource(
         GATEKEEPER_GROUP,
         "v1beta1",

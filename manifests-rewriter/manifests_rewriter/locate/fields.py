@@ -65,6 +65,33 @@ class Parts(Mapping[str, Scalar]):
 NO_PARTS = Parts()
 
 
+class LabelMap(Mapping[str, str]):
+    """An immutable, hashable label -> value mapping: a pod's labels as written."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
+        self._items = dict(items)
+
+    def __getitem__(self, key: str) -> str:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._items.items())))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self._items) == dict(other)
+
+    def __repr__(self) -> str:
+        return f"LabelMap({self._items!r})"
+
+
 @dataclass(frozen=True)
 class ImageField:
     """One image found in a file.
@@ -87,3 +114,7 @@ class ImageField:
     container: str | None = None
     note: str | None = None
     insert: Insertion | None = None  # kustomize: where to add `newName` when absent
+    # The labels of the pod this container runs in, as written (a workload's pod template's);
+    # None when the format does not say (Helm values, Kustomize images, Compose) or a label is
+    # not a plain string. Azure Policy's labelSelector is matched against them.
+    labels: LabelMap | None = None
