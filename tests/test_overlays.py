@@ -390,3 +390,34 @@ def test_hook_given_a_base_brings_the_patches_its_overlay_entries_match(tmp_path
     # the busybox sidecar is no base image of the file given: it stays, with its overlay tag
     assert after["ha"][("Deployment/w", "/spec/template/spec/containers/1/image")] == "docker.io/library/busybox:1.37"
     assert_renders_kept(before, after, refused_left={"docker.io/library/busybox:1.37"})
+
+
+def test_json6902_patch_images_are_pod_images() -> None:
+    """locate/patches.py: an operation adding a container, a container list or an image writes a
+    pod image; other operations (labels, a `remove`, a mapping not at the top level) do not."""
+    from manifests_rewriter.locate import locate
+
+    text = textwrap.dedent("""\
+        - op: add
+          path: /spec/template/spec/initContainers/0
+          value: {name: init, image: quay.io/argoproj/argocd:latest}
+        - op: replace
+          path: /spec/jobTemplate/spec/template/spec/containers/0/image
+          value: nginx:1.27.1
+        - op: add
+          path: /spec/template/spec/containers
+          value:
+          - name: a
+            image: redis:7
+        - op: remove
+          path: /spec/template/spec/containers/1/image
+          value: busybox:1
+        - op: add
+          path: /metadata/labels
+          value: {image: not-a-container}
+        """)
+    fields = [(f.source, f.path, f.value) for f in locate(text, filename="patch.yaml")]
+    assert fields == [("pod", "/0/value/image", "quay.io/argoproj/argocd:latest"),
+                      ("pod", "/1/value", "nginx:1.27.1"),
+                      ("pod", "/2/value/0/image", "redis:7"),
+                      ("hint", "/4/value/image", "not-a-container")]
