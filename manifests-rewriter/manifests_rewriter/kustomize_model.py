@@ -239,7 +239,9 @@ def _read_yaml(path: str) -> list[Any]:
     real = os.path.realpath(path)
     if real not in parsed:
         parsed[real] = _load(path, texts.get(real))
-    return copy.deepcopy(parsed[real])  # a build changes the objects it reads
+    # a build changes the objects it reads, except CustomResourceDefinitions (never transformed,
+    # and the largest documents by far)
+    return [d if isinstance(d, dict) and _is_crd(d) else copy.deepcopy(d) for d in parsed[real]]
 
 
 def _load(path: str, text: str | None) -> list[Any]:
