@@ -7,16 +7,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from yaml.nodes import Node
+from yaml.nodes import Node, SequenceNode
 
 from . import gitops, hints, patches, pods
 from .document import Visitor, Walker, may_matter, walk
 from .fields import ImageField
 
-VISITORS: tuple[Visitor, ...] = (pods.visit, hints.visit, gitops.visit, patches.visit)
+VISITORS: tuple[Visitor, ...] = (pods.visit, hints.visit, gitops.visit)
+LIST_VISITORS = (*VISITORS, patches.visit)  # a document that is a list may be a JSON 6902 patch
 
 
 def locate_document(w: Walker, index: int, root: Node) -> Iterator[ImageField]:
     relevant = w.relevant if w.relevant is not None else []
     if may_matter(relevant, root):
-        yield from walk(w, index, root, VISITORS, relevant=relevant)
+        yield from walk(w, index, root, LIST_VISITORS if isinstance(root, SequenceNode) else VISITORS,
+                        relevant=relevant)
