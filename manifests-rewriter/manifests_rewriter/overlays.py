@@ -18,6 +18,10 @@ together with the entries that match it (a "group"):
   cannot be rewritten (e.g. not in the target), an entry in a file that may not be written:
   nothing of the group changes, and each refused field of it is reported as skipped.
 
+The model does not apply patches, but the images a kustomization's patch files write (found as
+pod images: locate/patches.py, or a strategic-merge patch's containers) join the groups of the
+entries applied after them, so an entry that follows a renamed base keeps matching them too.
+
 Then the edits are checked before anything is written: every kustomization is modelled again
 on the edited texts, and each image it renders must be the one it rendered before, or that
 image's target with the same tag and digest. A group that fails the check is left unchanged.
