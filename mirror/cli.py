@@ -141,6 +141,8 @@ def scan(paths: tuple[str, ...], config_path: str | None, fmt: str, **kwargs: An
     context = _open(config_path, _cluster(kwargs))
     _charts(context, kwargs, paths)
     result = pipeline.scan(context, paths)
+    if fmt in ("json", "sarif"):
+        terminal.notes(result)  # stdout holds the document
     if fmt == "json":
         click.echo(report.scan_json(result))
     elif fmt == "sarif":

@@ -121,6 +121,8 @@ def scan_table(result: ScanResult) -> None:
         screen.print(f"error: {error}", markup=False, style="red")
     for unchecked in result.unchecked:  # what could not be checked (a Helm chart not found), never silent
         screen.print(printable(f"warning: {unchecked}"), markup=False)
+    for note in result.notes:
+        screen.print(printable(f"note: {note}"), markup=False)
     screen.print(f"{plural(result.files, 'file')} scanned: {plural(len(result.findings), 'finding')}, "
                  f"{plural(len(result.warnings), 'warning')}, {plural(len(result.errors), 'error')}.")
 
@@ -130,6 +132,12 @@ def errors(result: ScanResult) -> None:
         err(f"error: {error}")
     for unchecked in result.unchecked:
         err(f"warning: {unchecked}")
+    notes(result)
+
+
+def notes(result: ScanResult) -> None:
+    for note in result.notes:
+        err(f"note: {note}")
 
 
 def plan_run(run: PlanRun, *, fmt: str, output: str | None, text: str) -> None:

@@ -416,10 +416,9 @@ Reader = Callable[[str], str | None]
 
 def _read_file(path: str) -> str | None:
     """A value file's text (a regular file, size-bounded, UTF-8: files.read_source), or None."""
-    from .files import discover, read_source
+    from .files import read_named
 
-    found = next(iter(discover([path])))
-    source = found if isinstance(found, FileError) else read_source(found, 16 * 1024 * 1024)
+    source = read_named(path, 16 * 1024 * 1024)
     return None if isinstance(source, FileError) else source.text
 
 

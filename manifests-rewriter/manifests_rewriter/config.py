@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, PolicyError
+from .files import Exclude
 from .naming import DEFAULT_NAMING, NamingError, check_template
 from .policy import ALWAYS_EXCLUDED, LabelSelector, Policy
 from .reference import DOMAIN_RE
@@ -43,7 +44,7 @@ SectionParser = Callable[[str, Any, list[str]], object]
 @dataclass(frozen=True)
 class ScanSettings:
     max_file_bytes: int = 16 * 1024 * 1024
-    exclude: tuple[str, ...] = ()  # glob patterns (relative paths) not to scan
+    exclude: Exclude = field(default_factory=Exclude)  # glob patterns of paths not to scan (files.Exclude)
     max_file_nodes: int = 500_000  # YAML nodes one file may hold (locate.document.MAX_NODES: bounded memory)
 
 
@@ -180,7 +181,9 @@ def parse_config(data: Any, path: str = "<config>", *, policy_optional: bool = F
     scan_section = check_section(f"{path}: scan", data.get("scan"), _CORE["scan"])
     scan = ScanSettings(
         max_file_bytes=scan_section.get("max_file_bytes", ScanSettings.max_file_bytes),
-        exclude=string_list(f"{path}: scan.exclude", scan_section.get("exclude")),
+        # relative to the config file's directory (and to each file's repository: files.Exclude)
+        exclude=Exclude(string_list(f"{path}: scan.exclude", scan_section.get("exclude")),
+                        (os.path.dirname(os.path.abspath(path)) if not path.startswith("<") else os.getcwd(),)),
         max_file_nodes=scan_section.get("max_file_nodes", ScanSettings.max_file_nodes),
     )
     parsed = {name: parse(f"{path}: {name}", data.get(name), warnings) for name, parse in sections.items()}

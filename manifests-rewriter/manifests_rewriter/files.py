@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import functools
 import os
 import re
 import secrets
@@ -101,8 +102,83 @@ class SourceFile:
     tree: Tree | None = None  # where the file was found: written from there, never through a link
 
 
-def _excluded(relative: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatch(relative, p) or fnmatch.fnmatch(os.path.basename(relative), p) for p in patterns)
+@functools.lru_cache(maxsize=1024)
+def repository_root(directory: str) -> str | None:
+    """The nearest directory at or above `directory` (absolute) holding `.git`, if any."""
+    while True:
+        if os.path.lexists(os.path.join(directory, ".git")):
+            return directory
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
+
+
+@dataclass(frozen=True)
+class Exclude:
+    """scan.exclude: glob patterns matched against a file's path relative to each of `bases`
+    (the config file's directory) and to its repository (the nearest directory above it holding
+    `.git`: the pre-commit hook runs there), against its path relative to the PATH it was found
+    under (the rule before, kept so that existing patterns keep working), and against its name
+    alone. Files named explicitly are matched too."""
+
+    patterns: tuple[str, ...] = ()
+    bases: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.patterns)
+
+    def matches(self, path: str, walked_from: str | None = None) -> bool:
+        if not self.patterns:
+            return False
+        absolute = os.path.abspath(path)
+        names = {os.path.basename(absolute)}
+        for base in (*self.bases, repository_root(os.path.dirname(absolute)), walked_from):
+            if base:
+                relative = os.path.relpath(absolute, os.path.abspath(base))
+                if not relative.startswith(".."):
+                    names.add(relative)
+        return any(fnmatch.fnmatch(name, p) for name in names for p in self.patterns)
+
+
+def as_exclude(exclude: Exclude | Iterable[str]) -> Exclude:
+    return exclude if isinstance(exclude, Exclude) else Exclude(tuple(exclude))
+
+
+def templates_notice(files: list[str]) -> str | None:
+    """The one line that says chart templates were skipped, naming their charts."""
+    if not files:
+        return None
+    charts = sorted({f.rsplit(os.sep + "templates" + os.sep, 1)[0] if os.sep + "templates" + os.sep in os.sep + f
+                     else os.path.dirname(f) or "." for f in files})
+    shown = ", ".join(charts[:3]) + (f" and {len(charts) - 3} more" if len(charts) > 3 else "")
+    return (f"{len(files)} Helm chart template{'s' * (len(files) != 1)} skipped (not YAML until Helm renders them; "
+            f"the images come from the chart's values): {shown}")
+
+
+@dataclass(frozen=True)
+class ChartTemplate:
+    """A Helm chart template: a file under `templates/` of a directory holding Chart.yaml, or a
+    `.tpl` file. Not YAML until Helm renders it (its images come from the chart's values), so it
+    is skipped, and counted in one notice line rather than reported as unreadable."""
+
+    file: str
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_chart(directory: str) -> bool:
+    return os.path.isfile(os.path.join(directory, "Chart.yaml"))
+
+
+def is_chart_template(path: str) -> bool:
+    """Whether the file is a Helm chart template (see ChartTemplate)."""
+    if path.endswith(".tpl"):
+        return True
+    parts = Path(os.path.abspath(path)).parts
+    return any(parts[i] == "templates" and _is_chart(os.path.join(*parts[:i])) for i in range(1, len(parts) - 1))
 
 
 def _entries(root: str) -> Iterator[os.DirEntry[str]]:
@@ -161,8 +237,12 @@ def _named(given: str | Path) -> Found | FileError:
     return Found(real, str(given), tree)
 
 
-def discover(paths: Iterable[str | Path], exclude: tuple[str, ...] = ()) -> Iterator[Found | FileError]:
-    """Yield a Found for each file to read, or a FileError."""
+def discover(paths: Iterable[str | Path], exclude: Exclude | Iterable[str] = ()
+             ) -> Iterator[Found | FileError | ChartTemplate]:
+    """Yield a Found for each file to read, a FileError, or a ChartTemplate (skipped, counted)."""
+    exclude = as_exclude(exclude)
+    _is_chart.cache_clear()  # the tree may have changed since the last call (tests, long runs)
+    repository_root.cache_clear()
     for given in paths:
         root = Path(given)
         if root.is_symlink() and not root.exists():
@@ -171,16 +251,22 @@ def discover(paths: Iterable[str | Path], exclude: tuple[str, ...] = ()) -> Iter
         if not root.exists():
             yield FileError(str(given), "no such file or directory")
             continue
+        if not root.is_dir() and exclude and exclude.matches(str(given)):
+            continue
+        if not root.is_dir() and is_chart_template(str(given)):
+            yield ChartTemplate(str(given))
+            continue
         named = _named(given)
         if isinstance(named, FileError) or not named.path.is_dir():
             yield named
             continue
         tree = Tree.at(named.path)
         skip = len(os.path.join(str(root), ""))  # entry paths are root + separator + relative path
+        templates = "templates" + os.sep
         for entry in _entries(str(root)):
             is_yaml = entry.name.endswith(YAML_SUFFIXES)
             relative = entry.path[skip:]
-            if exclude and _excluded(relative, exclude):
+            if exclude and exclude.matches(entry.path, str(root)):
                 continue
             if entry.is_symlink():
                 target_is_dir = os.path.isdir(entry.path)
@@ -189,7 +275,16 @@ def discover(paths: Iterable[str | Path], exclude: tuple[str, ...] = ()) -> Iter
                     if problem:
                         yield FileError(entry.path, problem)
             elif is_yaml:
-                yield Found(Path(f"{tree.path}{os.sep}{relative}"), entry.path, tree)
+                if templates in entry.path and is_chart_template(entry.path):
+                    yield ChartTemplate(entry.path)
+                else:
+                    yield Found(Path(f"{tree.path}{os.sep}{relative}"), entry.path, tree)
+
+
+def read_named(path: str | Path, max_bytes: int) -> SourceFile | FileError:
+    """One file named by its path (as discover takes a file named on the command line), read."""
+    found = _named(path)
+    return found if isinstance(found, FileError) else read_source(found, max_bytes)
 
 
 def read_source(found: Found, max_bytes: int) -> SourceFile | FileError:

@@ -33,7 +33,8 @@ from __future__ import annotations
 import copy
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,10 +200,22 @@ class _Resource:
     fields: list[tuple[tuple[str | int, ...], ImageField]]  # path in obj -> field
 
 
-def build(directory: str | os.PathLike[str]) -> Build:
-    """Model `kustomize build directory` for container images."""
+# What one build reads: texts to use instead of files (real path -> text: a rewrite checks what
+# its edits would render before writing them), and documents already parsed (real path -> docs).
+_READING: ContextVar[tuple[Mapping[str, str], dict[str, list[Any]]] | None] = ContextVar("_READING", default=None)
+
+
+def build(directory: str | os.PathLike[str], *, texts: Mapping[str, str] | None = None,
+          parsed: dict[str, list[Any]] | None = None) -> Build:
+    """Model `kustomize build directory` for container images. `texts`: file contents to read
+    instead of the files (keys: real paths); `parsed`: a cache of parsed files to share between
+    builds of one tree (keys: real paths; it must not outlive the files or `texts`)."""
     directory = os.path.abspath(os.fspath(directory))
-    return _build(directory, [], depth=0, stack=())
+    token = _READING.set((texts or {}, parsed if parsed is not None else {}))
+    try:
+        return _build(directory, [], depth=0, stack=())
+    finally:
+        _READING.reset(token)
 
 
 def find_kustomization(directory: str) -> str | None:
@@ -219,7 +232,22 @@ def _is_remote(ref: str) -> bool:
 
 
 def _read_yaml(path: str) -> list[Any]:
+    reading = _READING.get()
+    if reading is None:
+        return _load(path, None)
+    texts, parsed = reading
+    real = os.path.realpath(path)
+    if real not in parsed:
+        parsed[real] = _load(path, texts.get(real))
+    # a build changes the objects it reads, except CustomResourceDefinitions (never transformed,
+    # and the largest documents by far)
+    return [d if isinstance(d, dict) and _is_crd(d) else copy.deepcopy(d) for d in parsed[real]]
+
+
+def _load(path: str, text: str | None) -> list[Any]:
     try:
+        if text is not None:
+            return list(yaml.load_all(text, Loader=_Loader))  # noqa: S506 - SafeLoader subclass
         size = os.path.getsize(path)
         if size > MAX_FILE_BYTES:
             raise KustomizeError(f"{path}: {size} bytes, over the {MAX_FILE_BYTES}-byte limit")

@@ -15,8 +15,10 @@ def rewrite_lines(result: RewriteResult, *, write: bool, diff: bool) -> Iterator
         yield "err", f"error: {error}"
     for skipped in result.skipped:
         yield "err", f"skipped: {skipped}"
-    for unchecked in result.unchecked:
-        yield "err", f"warning: {unchecked}"
+    for unchecked in result.unchecked:  # what could not be checked (a chart not found): never silent
+        yield "err", f"warning: {printable(str(unchecked))}"
+    for note in result.notes:
+        yield "err", f"note: {printable(note)}"
     for planned in result.changed:
         if diff:
             yield "out", planned.diff()

@@ -7,6 +7,7 @@ findings and never rewritten.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import multiprocessing
 import os
@@ -18,7 +19,18 @@ from dataclasses import dataclass, field, replace
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
-from .files import FileError, Found, SourceFile, discover, read_source
+from . import overlays
+from .files import (
+    ChartTemplate,
+    Exclude,
+    FileError,
+    Found,
+    SourceFile,
+    discover,
+    read_named,
+    read_source,
+    templates_notice,
+)
 from .locate import MAX_NODES, Collected, ImageField, LocateError, Release, YamlError, locate
 from .locate.release import ValuesSource
 from .model import Decision, Finding
@@ -42,6 +54,13 @@ class ScanResult:
     sources: list[ValuesSource] = field(default_factory=list)
     unchecked: list[FileError] = field(default_factory=list)  # what could not be checked (a chart not found)
     views: dict[tuple[str, int, str], Any] = field(default_factory=dict)  # resolved releases, for `rewrite`
+    templates: list[str] = field(default_factory=list)  # Helm chart templates skipped
+
+    @property
+    def notes(self) -> list[str]:
+        """Lines to show that are neither findings nor failures."""
+        notice = templates_notice(self.templates)
+        return [notice] if notice else []
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -62,6 +81,9 @@ def classify(fld: ImageField, policy: Policy, to_target: ToTarget, file: str | N
     verdict = policy.decide_field(fld)
     if not verdict.finding:
         return None
+    if "{{" in fld.value:  # a template (Helm, ApplicationSet...) outside a chart's templates/: a warning
+        return Finding(image=fld.value, reason="a template expression: the image is known only once rendered; "
+                                               "not checked", **base)
     problem, target, digest = _judge(fld.value, to_target)
     reason = verdict.reason() + (f"; not a valid image reference: {problem}" if problem else "")
     return Finding(image=fld.value, reason=reason, target=target, digest=digest, **decided_by(verdict), **base)
@@ -100,7 +122,7 @@ def scan_text(text: str, policy: Policy, to_target: ToTarget, *, file: str | Non
         finding = classify(fld, policy, to_target, file)
         if finding is None:
             continue
-        (result.warnings if fld.source == "hint" else result.findings).append(finding)
+        (result.warnings if fld.source == "hint" or "{{" in fld.value else result.findings).append(finding)
     return result
 
 
@@ -143,8 +165,7 @@ def _rescan_values(result: ScanResult, paths: set[str], policy: Policy, to_targe
         return
     again = ScanResult()
     for file in sorted(paths):  # each inside the scanned paths (charts.py reads no other)
-        found = next(iter(discover([file])))
-        source = found if isinstance(found, FileError) else read_source(found, 16 * 1024 * 1024)
+        source = read_named(file, 16 * 1024 * 1024)
         if isinstance(source, FileError):
             continue
         shown = next((f.file for f in result.findings + result.warnings if f.file and os.path.abspath(f.file) == file),
@@ -157,7 +178,7 @@ def _rescan_values(result: ScanResult, paths: set[str], policy: Policy, to_targe
 
 
 def release_views(paths: Iterable[str], charts: ChartSource, *, max_bytes: int = 16 * 1024 * 1024,
-                  exclude: tuple[str, ...] = (), max_nodes: int = MAX_NODES) -> ScanResult:
+                  exclude: Exclude | tuple[str, ...] = (), max_nodes: int = MAX_NODES) -> ScanResult:
     """The releases of the files with their charts resolved (`views`: what a rewrite inserts
     overrides from) and what could not be checked (charts not found), when no scan came first."""
     paths = list(paths)
@@ -175,10 +196,15 @@ def release_views(paths: Iterable[str], charts: ChartSource, *, max_bytes: int =
     return result
 
 
-def read_sources(paths: Iterable[str], max_bytes: int, exclude: tuple[str, ...] = (),
-                 errors: list[FileError] | None = None) -> Iterator[SourceFile]:
-    """Every readable file under `paths`; unreadable ones go to `errors`."""
+def read_sources(paths: Iterable[str], max_bytes: int, exclude: Exclude | tuple[str, ...] = (),
+                 errors: list[FileError] | None = None, templates: list[str] | None = None) -> Iterator[SourceFile]:
+    """Every readable file under `paths`; unreadable ones go to `errors`, chart templates to
+    `templates`."""
     for item in discover(paths, exclude):
+        if isinstance(item, ChartTemplate):
+            if templates is not None:
+                templates.append(item.file)
+            continue
         if isinstance(item, FileError):
             if errors is not None:
                 errors.append(item)
@@ -225,7 +251,7 @@ def _parallel_workers(count: int, policy: Policy, to_target: ToTarget) -> int:
 
 
 def scan_paths(paths: Iterable[str], policy: Policy, to_target: ToTarget, *,
-               max_bytes: int = 16 * 1024 * 1024, exclude: tuple[str, ...] = (),
+               max_bytes: int = 16 * 1024 * 1024, exclude: Exclude | tuple[str, ...] = (),
                charts: ChartSource | None = None, max_nodes: int = MAX_NODES) -> ScanResult:
     """Scan every YAML file under `paths`; a large tree is spread over the machine's cores. With
     `charts`, the default images of the Helm releases the files declare too (charts.py)."""
@@ -233,7 +259,9 @@ def scan_paths(paths: Iterable[str], policy: Policy, to_target: ToTarget, *,
     result = ScanResult()
     files: list[Found] = []
     for item in discover(paths, exclude):
-        if isinstance(item, FileError):
+        if isinstance(item, ChartTemplate):
+            result.templates.append(item.file)
+        elif isinstance(item, FileError):
             result.errors.append(item)
         else:
             files.append(item)
@@ -259,4 +287,31 @@ def scan_paths(paths: Iterable[str], policy: Policy, to_target: ToTarget, *,
             pool.shutdown()
     if charts is not None:
         chart_defaults(result, charts, policy, to_target, paths)
+    if any(f.source == "kustomize" for f in result.findings):
+        result.findings = _as_rendered(paths, result.findings, policy, to_target)
     return result
+
+
+def _as_rendered(paths: Iterable[str], findings: list[Finding], policy: Policy, to_target: ToTarget) -> list[Finding]:
+    """An images: entry that matches images stands for what kustomize renders through it: one
+    finding per refused image rendered (an entry with only newName renders the base's tag, not
+    `latest`), so that a plan mirrors what runs (overlays.py models the repository's kustomizations)."""
+    model = overlays.build_model(overlays.kustomization_dirs({overlays.repository_root(p) for p in paths}))
+    through = model.through_entries()
+    out: list[Finding] = []
+    for f in findings:
+        renders = through.get((os.path.realpath(f.file), f.document or 0, f.path or "")) \
+            if f.source == "kustomize" and f.file else None
+        if not renders:
+            out.append(f)
+            continue
+        for image in dict.fromkeys(r.final for r in renders):
+            verdict = policy.decide(image)
+            if not verdict.finding:
+                continue
+            roots = ", ".join(sorted({overlays.shown(r.root) for r in renders if r.final == image}))
+            problem, target, digest = _judge(image, to_target)
+            reason = verdict.reason() + (f"; not a valid image reference: {problem}" if problem else "")
+            out.append(dataclasses.replace(f, image=image, target=target, digest=digest, **decided_by(verdict),
+                                           reason=f"{reason}; rendered through this images: entry by {roots}"))
+    return out

@@ -159,16 +159,28 @@ def edits_for(field: ImageField, target: ImageRef) -> list[Edit]:
             )
         return _replace(field, repo, target.name + repo_suffix)
     if field.source == "kustomize":
-        new_name = parts.get("newName")
-        if new_name is not None:
-            return _replace(field, new_name, target.name)
-        if field.insert is None:
-            raise SpliceError(f"line {field.line}: {field.path}: nowhere to add newName")
-        if not _SAFE_PLAIN.fullmatch(target.name):
-            raise SpliceError(f"new name {target.name!r} cannot be written as a plain scalar")
-        ins = field.insert
-        return [Edit(ins.offset, ins.offset, "", f"{ins.before}{ins.key}{target.name}{ins.after}")]
+        return entry_edits(field, new_name=target.name)
     raise SpliceError(f"line {field.line}: {field.path}: nothing to rewrite for a {field.source} field")
+
+
+def entry_edits(field: ImageField, *, name: str | None = None, new_name: str | None = None) -> list[Edit]:
+    """The edits of a kustomize `images:` entry: `name` replaced (an entry that must keep
+    matching a base image renamed in the same rewrite), `newName` replaced or inserted after
+    `name`. None leaves a key as it is."""
+    if field.source != "kustomize":
+        raise SpliceError(f"line {field.line}: {field.path}: not a kustomize images: entry")
+    edits = [] if name is None else _replace(field, field.parts["name"], name)
+    if new_name is None:
+        return edits
+    current = field.parts.get("newName")
+    if current is not None:
+        return edits + _replace(field, current, new_name)
+    if field.insert is None:
+        raise SpliceError(f"line {field.line}: {field.path}: nowhere to add newName")
+    if not _SAFE_PLAIN.fullmatch(new_name):
+        raise SpliceError(f"new name {new_name!r} cannot be written as a plain scalar")
+    ins = field.insert
+    return edits + [Edit(ins.offset, ins.offset, "", f"{ins.before}{ins.key}{new_name}{ins.after}")]
 
 
 def _composed_edits(field: ImageField, target: ImageRef) -> list[Edit]:

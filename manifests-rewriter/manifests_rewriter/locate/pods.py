@@ -15,15 +15,19 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .document import NULL_TAG, Walker, pointer, text_of
 from .fields import NO_PARTS, ImageField, LabelMap
+from .patches import is_patched_container
 
 CONTAINER_KEYS = ("containers", "initContainers", "ephemeralContainers")
 CONTAINER_SET = frozenset(CONTAINER_KEYS)
 
 
 def in_container_list(cell: tuple) -> bool:
-    """Whether the mapping at `cell` is an item of a container list."""
+    """Whether the mapping at `cell` is an item of a container list (or a container a kustomize
+    JSON 6902 patch writes: patches.py)."""
     parent = cell[0]
-    return parent is not None and parent[1] in CONTAINER_SET and isinstance(parent[2], SequenceNode)
+    if parent is not None and parent[1] in CONTAINER_SET and isinstance(parent[2], SequenceNode):
+        return True
+    return parent is not None and (cell[1] == "value" or parent[1] == "value") and is_patched_container(cell)
 
 
 def visit(w: Walker, index: int, cell: tuple, pairs: Mapping[str, tuple[Node, Node]], ctx: tuple,
