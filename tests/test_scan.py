@@ -25,6 +25,9 @@ def test_parallel_scan_equals_serial_scan(tmp_path, monkeypatch):
     (tmp_path / "d0" / "broken.yaml").write_text("a: [\n")
     policy = Policy(r"^r\.io/")
     to_target = functools.partial(target_for, registry="r.io")
+    # idle server threads an earlier test left (keep-alive handlers) would keep the scan in one
+    # process (it never forks a threaded process); this test is about the parallel path itself
+    monkeypatch.setattr(scan.threading, "active_count", lambda: 1)
     assert scan._parallel_workers(scan.PARALLEL_MIN_FILES, policy, to_target) > 1
     parallel = scan.scan_paths([str(tmp_path)], policy, to_target)
     monkeypatch.setattr(scan, "PARALLEL_MIN_FILES", 10**9)
