@@ -47,13 +47,15 @@ from typing import Any
 
 import yaml
 
+from .errors import AcrMirrorError
+
 MAX_CHART_BYTES = 100 * 1024 * 1024  # Helm: MaxDecompressedChartSize
 MAX_FILE_BYTES = 5 * 1024 * 1024  # Helm: MaxDecompressedFileSize
 MAX_ARCHIVE_BYTES = 20 * 1024 * 1024  # a packaged chart on disk (compressed)
 MAX_NESTING = 10  # charts/ inside charts/ ...
 
 
-class ChartError(ValueError):
+class ChartError(AcrMirrorError, ValueError):
     """A chart that cannot be read; the message names it and says why."""
 
 

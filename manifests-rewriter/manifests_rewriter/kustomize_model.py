@@ -40,6 +40,8 @@ from typing import Any
 
 import yaml
 
+from .errors import AcrMirrorError
+
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 MAX_FILE_BYTES = 10 * 1024 * 1024
 MAX_DEPTH = 50  # nested bases/components
@@ -55,7 +57,7 @@ DEFAULT_FIELD_SPECS: tuple[tuple[str, ...], ...] = (
 LEGACY_LISTS = ("containers", "initContainers")
 
 
-class KustomizeError(ValueError):
+class KustomizeError(AcrMirrorError, ValueError):
     """A kustomization that cannot be read; the message names the file and says why."""
 
 
