@@ -47,6 +47,7 @@ from .locate.release import CHART_VALUES, ChartRef, MapSlot, Release, ValuesPath
 from .model import Finding
 from .policy import Policy
 from .reference import ImageRef, ReferenceError, parse
+from .yamlload import GoLikeLoader
 
 __all__ = ["ChartError", "ChartImage", "ChartSource", "ChartView", "Charts", "LocalCharts", "chart_pass",
            "release_edits"]
@@ -467,7 +468,7 @@ def _release_values(release: Release, chart_dir: str | None,
             notices.append(f"value file {name} is not readable here; its values are not merged")
             continue
         try:
-            data = yaml.load(text, Loader=helmchart._Loader)  # noqa: S506 - a SafeLoader subclass
+            data = yaml.load(text, Loader=GoLikeLoader)  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError:
             notices.append(f"value file {name} is not valid YAML; its values are not merged")
             continue

@@ -48,6 +48,7 @@ from typing import Any
 import yaml
 
 from .errors import AcrMirrorError
+from .yamlload import GoLikeLoader
 
 MAX_CHART_BYTES = 100 * 1024 * 1024  # Helm: MaxDecompressedChartSize
 MAX_FILE_BYTES = 5 * 1024 * 1024  # Helm: MaxDecompressedFileSize
@@ -57,22 +58,6 @@ MAX_NESTING = 10  # charts/ inside charts/ ...
 
 class ChartError(AcrMirrorError, ValueError):
     """A chart that cannot be read; the message names it and says why."""
-
-
-_BASE: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Loader(_BASE):  # type: ignore[valid-type,misc]
-    """The safe loader, libyaml's when present: it accepts what Go YAML accepts and pure-Python
-    PyYAML refuses (a tab after a plain scalar, seen in argocd-example-apps); plus a plain `=`
-    scalar (the YAML 1.1 "value" tag has no constructor in PyYAML)."""
-
-
-def _plain_scalar(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
-    return loader.construct_scalar(node)  # type: ignore[arg-type]
-
-
-_Loader.add_constructor("tag:yaml.org,2002:value", _plain_scalar)
 
 
 @dataclass
@@ -282,7 +267,7 @@ def _from_files(files: dict[str, bytes], source: str, notes: list[str], depth: i
 
 def _yaml_map(blob: bytes, where: str) -> dict[str, Any]:
     try:
-        data = yaml.load(blob.decode("utf-8"), Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+        data = yaml.load(blob.decode("utf-8"), Loader=GoLikeLoader)  # noqa: S506 - SafeLoader subclass
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ChartError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
     if data is None:

@@ -41,6 +41,7 @@ from typing import Any
 import yaml
 
 from .errors import AcrMirrorError
+from .yamlload import GoLikeLoader
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 MAX_FILE_BYTES = 10 * 1024 * 1024
@@ -59,22 +60,6 @@ LEGACY_LISTS = ("containers", "initContainers")
 
 class KustomizeError(AcrMirrorError, ValueError):
     """A kustomization that cannot be read; the message names the file and says why."""
-
-
-_BASE: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Loader(_BASE):  # type: ignore[valid-type,misc]
-    """The safe loader, libyaml's when present: it accepts what Go YAML accepts and pure-Python
-    PyYAML refuses (a tab after a plain scalar, seen in argocd-example-apps); plus a plain `=`
-    scalar (the YAML 1.1 "value" tag has no constructor in PyYAML)."""
-
-
-def _plain_scalar(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
-    return loader.construct_scalar(node)  # type: ignore[arg-type]
-
-
-_Loader.add_constructor("tag:yaml.org,2002:value", _plain_scalar)
 
 
 # ------------------------------------------------------------------ image names, as kustomize
@@ -249,12 +234,12 @@ def _read_yaml(path: str) -> list[Any]:
 def _load(path: str, text: str | None) -> list[Any]:
     try:
         if text is not None:
-            return list(yaml.load_all(text, Loader=_Loader))  # noqa: S506 - SafeLoader subclass
+            return list(yaml.load_all(text, Loader=GoLikeLoader))  # noqa: S506 - SafeLoader subclass
         size = os.path.getsize(path)
         if size > MAX_FILE_BYTES:
             raise KustomizeError(f"{path}: {size} bytes, over the {MAX_FILE_BYTES}-byte limit")
         with open(path, encoding="utf-8") as f:
-            return list(yaml.load_all(f, Loader=_Loader))  # noqa: S506 - SafeLoader subclass
+            return list(yaml.load_all(f, Loader=GoLikeLoader))  # noqa: S506 - SafeLoader subclass
     except OSError as e:
         raise KustomizeError(f"{path}: cannot read ({e.strerror or e})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:

@@ -443,12 +443,12 @@ class Resolver:
         try:
             return Policy(
                 regex,
-                _strings(values.get("excludedNamespaces"), f"{at}: excludedNamespaces"),
-                _strings(values.get("excludedContainers"), f"{at}: excludedContainers"),
+                strings(values.get("excludedNamespaces"), f"{at}: excludedNamespaces"),
+                strings(values.get("excludedContainers"), f"{at}: excludedContainers"),
                 origin=f"Azure Policy assignment {self.where} ("
                        f"{part.label.removeprefix('assignment ').removeprefix('the assignment')}"
                        f"{', ' if part.name else ''}effect {EFFECT_NAMES[effect]})",
-                namespaces=_strings(values.get("namespaces"), f"{at}: namespaces"),
+                namespaces=strings(values.get("namespaces"), f"{at}: namespaces"),
                 label_selector=LabelSelector.parse(selector, f"{at}: labelSelector") if selector else None,
                 source=str(source) if source is not None else None,
                 system_namespaces=ALWAYS_EXCLUDED,
@@ -484,7 +484,8 @@ class _Missing:
 _MISSING: Any = _Missing()
 
 
-def _strings(value: Any, where: str) -> tuple[str, ...]:
+def strings(value: Any, where: str) -> tuple[str, ...]:
+    """A parameter that must be a list of strings (a constraint's or an assignment's)."""
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

@@ -42,7 +42,7 @@ from manifests_rewriter.policy import (
     combine,
 )
 
-from ..azure.assignments import DEFINITION_DEFAULTS, PolicySourceError, policy_from_documents
+from ..azure.assignments import DEFINITION_DEFAULTS, PolicySourceError, policy_from_documents, strings
 
 __all__ = ["DEFINITION_EXCLUDED_NAMESPACES", "KIND", "PolicySourceError", "StrictPolicy", "policy_from_assignment",
            "policy_from_cluster", "policy_from_constraints"]
@@ -61,14 +61,6 @@ DEFINITION_EXCLUDED_NAMESPACES = tuple(DEFINITION_DEFAULTS["excludedNamespaces"]
 _ACTIONS = {"deny": DENY, "dryrun": AUDIT, "warn": WARN}
 
 StrictPolicy = PolicySet  # the old name
-
-
-def _strings(value: Any, where: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise PolicySourceError(f"{where}: must be a list of strings, not {json.dumps(value)[:80]}")
-    return tuple(value)
 
 
 def _matches_pods(match: dict[str, Any]) -> bool:
@@ -139,10 +131,10 @@ def policy_from_constraints(constraints: list[dict[str, Any]], notes: list[str] 
         try:
             part = Policy(
                 regex,
-                _strings(match.get("excludedNamespaces"), f"{where}: spec.match.excludedNamespaces"),
-                _strings(parameters.get("excludedContainers"), f"{where}: spec.parameters.excludedContainers"),
+                strings(match.get("excludedNamespaces"), f"{where}: spec.match.excludedNamespaces"),
+                strings(parameters.get("excludedContainers"), f"{where}: spec.parameters.excludedContainers"),
                 origin=f"cluster constraint {name} (enforcementAction {action})",
-                namespaces=_strings(match.get("namespaces"), f"{where}: spec.match.namespaces"),
+                namespaces=strings(match.get("namespaces"), f"{where}: spec.match.namespaces"),
                 label_selector=_selector(match.get("labelSelector"), f"{where}: spec.match.labelSelector"),
                 namespace_selector=_selector(match.get("namespaceSelector"), f"{where}: spec.match.namespaceSelector"),
                 name_pattern=match.get("name") or None,

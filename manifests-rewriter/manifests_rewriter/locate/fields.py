@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -37,61 +41,46 @@ class Insertion:
     key: str = "newName: "
 
 
-class Parts(Mapping[str, Scalar]):
-    """An immutable, hashable name -> Scalar mapping (so ImageField stays hashable)."""
+class FrozenMap(Mapping[K, V]):
+    """An immutable, hashable mapping (so ImageField stays hashable); keys are strings."""
 
     __slots__ = ("_items",)
 
-    def __init__(self, items: Mapping[str, Scalar] | Iterable[tuple[str, Scalar]] = ()) -> None:
+    def __init__(self, items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
         self._items = dict(items)
 
-    def __getitem__(self, key: str) -> Scalar:
+    def __getitem__(self, key: K) -> V:
         return self._items[key]
 
-    def __iter__(self) -> Iterator[str]:
+    def __iter__(self) -> Iterator[K]:
         return iter(self._items)
 
     def __len__(self) -> int:
         return len(self._items)
 
     def __hash__(self) -> int:
-        return hash(tuple(self._items.items()))
+        return hash(tuple(sorted(self._items.items(), key=lambda item: str(item[0]))))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Mapping) and dict(self._items) == dict(other)
 
     def __repr__(self) -> str:
-        return f"Parts({self._items!r})"
+        return f"{type(self).__name__}({self._items!r})"
+
+
+class Parts(FrozenMap[str, Scalar]):
+    """A field's pieces by role (registry, repository, tag, digest, name, newName...)."""
+
+    __slots__ = ()
 
 
 NO_PARTS = Parts()
 
 
-class LabelMap(Mapping[str, str]):
-    """An immutable, hashable label -> value mapping: a pod's labels as written."""
+class LabelMap(FrozenMap[str, str]):
+    """A pod's labels as written."""
 
-    __slots__ = ("_items",)
-
-    def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
-        self._items = dict(items)
-
-    def __getitem__(self, key: str) -> str:
-        return self._items[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __hash__(self) -> int:
-        return hash(tuple(sorted(self._items.items())))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Mapping) and dict(self._items) == dict(other)
-
-    def __repr__(self) -> str:
-        return f"LabelMap({self._items!r})"
+    __slots__ = ()
 
 
 @dataclass(frozen=True)

@@ -160,15 +160,21 @@ def _release_line(node: Node | None, fallback: Node) -> int:
     return (node or fallback).start_mark.line + 1
 
 
+def _recorded(w: Walker, release: Release) -> Collected | None:
+    """Add the release to the walk's collection; the collection when it wants the details (where
+    values and keys are, for the rewrite), else None."""
+    collect = _collect(w)
+    if collect is None:
+        return None
+    collect.releases.append(release)
+    return collect if collect.detail else None
+
+
 def _record(w: Walker, release: Release, values: Node | None, anchor: MappingNode | None, wrap: tuple[str, ...],
             parent_column: int | None) -> None:
     """Add the release; with detail, its values' scalars and where keys may be added (into the
     values, or, when there are none, `wrap` keys into `anchor`)."""
-    collect = _collect(w)
-    if collect is None:
-        return
-    collect.releases.append(release)
-    if not collect.detail:
+    if _recorded(w, release) is None:
         return
     unit = indent_unit(w, values, parent_column) if isinstance(values, MappingNode) else "  "
     if isinstance(values, MappingNode) and values.value:
@@ -357,11 +363,7 @@ def _argo_release(w: Walker, index: int, cell: tuple, src_cell: tuple, src: Mapp
     release.optional = not chart_name and helm is None
     if not chart_name and not path:
         release.unresolved = "no chart and no path"
-    collect = _collect(w)
-    if collect is None:
-        return
-    collect.releases.append(release)
-    if not collect.detail:
+    if _recorded(w, release) is None:
         return
     column = src.value[0][0].start_mark.column if src.value and not src.flow_style else None
     if isinstance(values_object, MappingNode) or values_string is None:
