@@ -145,6 +145,10 @@ class Transport:
         self._http = self._new_http(tls_verify(host, self.settings))
         self._others: dict[str, httpx.Client] = {}  # other hosts (redirect targets, token realms), their own TLS
         self._lock = threading.Lock()
+        try:  # the origins of this host's own base URLs, computed once (settings do not change)
+            self._own_origins = frozenset(origin(base) for base in base_urls(host, self.settings))
+        except RegistryError:  # an endpoint refused by base_urls: the client's ping reports it
+            self._own_origins = frozenset()
 
     def _new_http(self, verify: ssl.SSLContext | bool) -> httpx.Client:
         return httpx.Client(
@@ -155,11 +159,7 @@ class Transport:
         )
 
     def _own(self, url: str) -> bool:
-        try:
-            bases = base_urls(self.host, self.settings)
-        except RegistryError:
-            return False
-        return any(origin(url) == origin(base) for base in bases)
+        return origin(url) in self._own_origins
 
     def _settings_of(self, url: str) -> RegistrySettings:
         return self.settings if self._own(url) else self.settings_for(host_of(url))
