@@ -45,7 +45,7 @@ def bare_heads(spec: dict) -> float:
 
     urls = [f"http://{host}/v2/{repo}/manifests/{tag}" for ref in spec["refs"]
             for repo, _, tag in [ref.rpartition(":")] for host in (spec["source"], spec["target"])]
-    accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    accept = [("Accept", "application/vnd.oci.image.manifest.v1+json")]
     start = time.process_time()
     with httpcore.ConnectionPool(max_connections=spec["concurrency"]) as pool, \
             ThreadPoolExecutor(spec["concurrency"]) as workers:

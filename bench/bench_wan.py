@@ -247,10 +247,8 @@ def _patch(experiments: list[str], settings: dict[str, Any]) -> None:
 
 def run_skopeo(source: Registry, target: Registry, refs: list[str], workdir: Path) -> dict[str, Any]:
     """skopeo sync --all, timed, with its CPU (a waited-for child's rusage)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    seconds = skopeo_sync(source, target, refs, workdir)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {"seconds": seconds, "cpu_copy": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime}
+    seconds, cpu = skopeo_sync(source, target, refs, workdir)
+    return {"seconds": seconds, "cpu_copy": cpu}
 
 
 # ----------------------------------------------------------------------------- traces
