@@ -272,23 +272,24 @@ class Transport:
         return bytes(body)
 
 
-def _is_name_error(exc: BaseException) -> bool:
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `kind` is anywhere in the chain of causes that ended in `exc`."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, socket.gaierror):
+        if isinstance(seen, kind):
             return True
         seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _is_name_error(exc: BaseException) -> bool:
     text = str(exc)
-    return "Name or service not known" in text or "name resolution" in text or "nodename nor servname" in text
+    return _caused_by(exc, socket.gaierror) or "Name or service not known" in text or "name resolution" in text \
+        or "nodename nor servname" in text
 
 
 def _is_tls_error(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return "SSL" in str(exc) or "certificate" in str(exc).lower()
+    return _caused_by(exc, ssl.SSLError) or "SSL" in str(exc) or "certificate" in str(exc).lower()
 
 
 def transport_error(operation: str, exc: BaseException) -> RegistryError:
