@@ -290,6 +290,9 @@ def summarize(exchanges: list[Exchange], seconds: float) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- main
 
 
+GOAL_FLOOR_RATIO = 1.25
+
+
 def floor_seconds(nbytes: int, rtt_ms: float, mbit: float) -> float:
     return nbytes * 8 / (mbit * 1e6) + FLOOR_RTTS * rtt_ms / 1000
 
@@ -449,6 +452,12 @@ def print_table(rows: list[dict[str, Any]], repeat: int) -> None:
         f"{r['set'].split()[0]} {r['profile']} {tool} "
         + ", ".join(f"{x['seconds']:.1f} ({x['load']:.1f})" for x in r["runs"][tool])
         for r in rows for tool in r["runs"]))
+    for row in rows:  # issue 12's goal: the 50-image set within GOAL_FLOOR_RATIO of the floor, both profiles
+        acr = row["best"].get("acr-mirror")
+        if acr is not None and row["set"].startswith("50 "):
+            ratio = acr["seconds"] / row["floor"]
+            print(f"{'ok  ' if ratio <= GOAL_FLOOR_RATIO else 'MISS'} {row['set']} at {row['profile']} within "
+                  f"{GOAL_FLOOR_RATIO}x of the link floor: {ratio:.2f}x")
 
 
 def main() -> int:
