@@ -92,6 +92,7 @@ class Resolver:
             if self.engine.verify(mapping, digest):
                 return None
         except AcrMirrorError as exc:
-            return (f"cannot verify {mapping.target}: {exc} (fix the registry settings, or rewrite by name only "
-                    f"with --no-verify)")
+            # no image named here: references that fail for one cause (a host that cannot be
+            # reached) then share one reason, and so one line
+            return f"cannot verify: {exc} (fix the registry settings, or rewrite by name only with --no-verify)"
         return f"{mapping.target} is not in the target registry with the source's digest (run acr-mirror sync first)"

@@ -30,7 +30,7 @@ from rich.text import Text
 
 from manifests_rewriter.files import printable
 from manifests_rewriter.model import Finding
-from manifests_rewriter.output import rewrite_lines
+from manifests_rewriter.output import first_few, rewrite_lines
 from manifests_rewriter.policy import quoted
 from manifests_rewriter.rewrite import RewriteResult
 from manifests_rewriter.scan import ScanResult
@@ -169,18 +169,23 @@ def copies_summary(copies: list[CopyResult], *, notes: bool = True) -> None:
     moved = sum(r.bytes_moved or 0 for r in copies)
     parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     err(f"{plural(len(copies), 'image')}: {parts or 'nothing to do'}; {human_size(moved)} moved.")
-    failed: dict[str, list[CopyResult]] = {}
     for r in copies:  # registry messages are remote text: escaped (err)
+        if r.status != "failed" and r.note and notes:
+            err(f"note: {r.source}: {r.note}")
+    failed_copies(copies)
+
+
+def failed_copies(copies: list[CopyResult]) -> None:
+    """One line per cause: a host that cannot be reached is one line, not one per image."""
+    failed: dict[str, list[CopyResult]] = {}
+    for r in copies:
         if r.status == "failed":
             failed.setdefault(r.error or "failed", []).append(r)
-        elif r.note and notes:
-            err(f"note: {r.source}: {r.note}")
-    for error, same in failed.items():  # a host that cannot be reached is one line, not one per image
+    for error, same in failed.items():
         if len(same) == 1:
             err(f"failed: {same[0].source} -> {same[0].target}: {error}")
         else:
-            names = ", ".join(r.source for r in same[:3]) + (f" and {len(same) - 3} more" if len(same) > 3 else "")
-            err(f"failed: {len(same)} images ({names}): {error}")
+            err(f"failed: {len(same)} images ({first_few([r.source for r in same])}): {error}")
 
 
 def pacing(figures: Iterable[PaceFigure], notes: Iterable[str] = ()) -> None:
@@ -273,9 +278,7 @@ def rewrite_run(run: RewriteRun) -> None:
 def migration(run: MigrationRun) -> None:
     if run.rewrite is not None:
         rewrite_result(run.rewrite, write=not run.dry_run, diff=run.dry_run)
-    for r in run.copies:
-        if r.status == "failed":
-            err(f"failed: {r.source} -> {r.target}: {r.error}")
+    failed_copies(run.copies)
     pacing(run.pacing, run.notes)
     err(f"check: {plural(len(run.remaining), 'reference')} would still be refused"
         + ("" if run.remaining else " - ready to enforce"))
@@ -395,6 +398,7 @@ class ProgressDisplay:
         self._sized: set[str] = set()  # images told their size; without any, no ETA
         self._sized_bytes = 0  # what they need, for an estimate of the others
         self._waits: dict[str, tuple[str, float]] = {}  # host -> (cause, until)
+        self._errors_shown: set[str] = set()  # a cause is spelled out once, then "as above"
 
     def __call__(self, event: str, info: Mapping[str, Any], /) -> None:
         with self._lock:
@@ -468,15 +472,16 @@ class ProgressDisplay:
                     f"{plural(info['errors'], 'unreadable file')}"]
         return []
 
-    @staticmethod
-    def _done_line(info: Mapping[str, Any]) -> str:
+    def _done_line(self, info: Mapping[str, Any]) -> str:
         status = str(info.get("status", ""))
         # not "status:" - the final summary owns the one "failed: ..." line per image
         line = f"{status:>8} {info.get('source', '')} -> {info.get('target', '')}"
         if info.get("bytes_moved"):
             line += f" ({human_size(int(info['bytes_moved']))})"
-        if info.get("error"):
-            line += f": {info['error']}"
+        error = str(info.get("error") or "")
+        if error:
+            line += ": the same cause as above" if error in self._errors_shown else f": {error}"
+            self._errors_shown.add(error)
         return line
 
     def view(self) -> ProgressView:

@@ -100,3 +100,34 @@ def test_rewrite_that_cannot_verify_fails_and_says_what_to_do(tmp_path: Path, mo
     assert result.exit_code == 1, result.output  # nothing verified is not "done"
     assert manifest.read_text() == text
     assert "cannot verify" in result.stderr and "--no-verify" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["rewrite", "plan", "migrate"])
+def test_eight_references_to_an_unreachable_host_get_one_line_naming_the_cause(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    real = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def no_dns(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(host).endswith(".invalid"):
+            lookups.append(str(host))
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    texts = {}
+    for n in range(8):
+        path = tmp_path / "k8s" / f"p{n}.yaml"
+        path.parent.mkdir(exist_ok=True)
+        texts[path] = f"apiVersion: v1\nkind: Pod\nmetadata: {{name: p{n}}}\nspec:\n  containers:\n" \
+                      f"  - {{name: a, image: source.invalid/team/app{n}:1}}\n"
+        path.write_text(texts[path])
+    result = _run(tmp_path, [command, str(tmp_path / "k8s")])
+    assert all(path.read_text() == text for path, text in texts.items())  # nothing verified, nothing written
+    assert lookups == ["source.invalid"], lookups
+    cause = [line for line in result.stderr.splitlines()
+             if "cannot resolve the host name" in line and not line.startswith("  ")]  # not the progress lines
+    # rewrite and plan: one line for the 8 references; migrate: one for its copies, one for its rewrite
+    assert len(cause) == (2 if command == "migrate" else 1), result.stderr
+    assert all("8 " in line and "and 5 more" in line for line in cause), cause
+    assert result.stderr.count("source.invalid/team/app7:1") <= (2 if command == "migrate" else 1)

@@ -4,17 +4,37 @@ then a summary. Shared by the hook and acr-mirror; lines are yielded with their 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from .files import printable
-from .rewrite import RewriteResult
+from .rewrite import RewriteResult, Skipped
+
+
+def first_few(names: Sequence[str], shown: int = 3) -> str:
+    """A group of names on one line: "a, b, c and 5 more"."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def skipped_lines(skipped: Sequence[Skipped]) -> Iterator[str]:
+    """One line per reason: references skipped for the same reason (a registry that cannot be
+    reached) share one line naming the first few, not one line each."""
+    by_reason: dict[str, list[Skipped]] = {}
+    for item in skipped:
+        by_reason.setdefault(item.reason, []).append(item)
+    for reason, same in by_reason.items():
+        if len(same) == 1:
+            yield f"skipped: {same[0]}"
+        else:
+            names = first_few([f"{s.file}:{s.line} {s.image}" for s in same])
+            yield printable(f"skipped: {len(same)} references ({names}): {reason}")
 
 
 def rewrite_lines(result: RewriteResult, *, write: bool, diff: bool) -> Iterator[tuple[str, str]]:
     for error in result.errors:
         yield "err", f"error: {error}"
-    for skipped in result.skipped:
-        yield "err", f"skipped: {skipped}"
+    for line in skipped_lines(result.skipped):
+        yield "err", line
     for unchecked in result.unchecked:  # what could not be checked (a chart not found): never silent
         yield "err", f"warning: {printable(str(unchecked))}"
     for note in result.notes:
