@@ -20,7 +20,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -880,11 +879,9 @@ def test_token_endpoint_returning_garbage(token_registry: Any, target_registry: 
     })
     report = tmp_path / "report.json"
     figures.record("hostile", tried=1)
-    started = time.monotonic()
     result = CliRunner().invoke(cli.main, ["sync", "--image", f"{token_registry.host}/app/t:1", "--config",
                                            str(config), "--report", str(report)], catch_exceptions=False)
-    assert time.monotonic() - started < 30
-    assert bogus.requests >= 1
+    assert 1 <= bogus.requests <= 2  # bounded by requests, not time: a nonsense answer is not asked again and again
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and "internal error" not in result.output
     [item] = json.loads(report.read_text())["images"]
