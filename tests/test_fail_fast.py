@@ -26,18 +26,24 @@ def _run(tmp_path: Path, args: list[str], extra: str = "") -> Any:
     return CliRunner().invoke(main, [*args, "--config", str(tmp_path / "config.yaml")])
 
 
-def test_a_host_that_does_not_resolve_is_looked_up_once_for_eight_images(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def _fail_dns(monkeypatch: pytest.MonkeyPatch, suffix: str) -> list[str]:
+    """Host names ending in `suffix` do not resolve (as with no DNS); returns the lookups made for them."""
     lookups: list[str] = []
     real = socket.getaddrinfo
 
-    def counting(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if str(host).endswith(".invalid"):
+    def lookup(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(host).endswith(suffix):
             lookups.append(str(host))
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return real(host, *args, **kwargs)
 
-    monkeypatch.setattr(socket, "getaddrinfo", counting)
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    return lookups
+
+
+def test_a_host_that_does_not_resolve_is_looked_up_once_for_eight_images(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    lookups = _fail_dns(monkeypatch, ".invalid")
     images = [f"--image=source.invalid/team/app{n}:1" for n in range(8)]
     result = _run(tmp_path, ["sync", *images])
     assert result.exit_code == 1, result.output
@@ -85,14 +91,7 @@ def test_a_host_that_drops_connections_is_tried_a_bounded_number_of_times(tmp_pa
 
 
 def test_rewrite_that_cannot_verify_fails_and_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = socket.getaddrinfo
-
-    def no_dns(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if str(host).endswith("azurecr.io"):
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    _fail_dns(monkeypatch, "azurecr.io")
     manifest = tmp_path / "pod.yaml"
     text = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - {name: a, image: nginx:1.27}\n"
     manifest.write_text(text)
@@ -105,16 +104,7 @@ def test_rewrite_that_cannot_verify_fails_and_says_what_to_do(tmp_path: Path, mo
 @pytest.mark.parametrize("command", ["rewrite", "plan", "migrate"])
 def test_eight_references_to_an_unreachable_host_get_one_line_naming_the_cause(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
-    real = socket.getaddrinfo
-    lookups: list[str] = []
-
-    def no_dns(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if str(host).endswith(".invalid"):
-            lookups.append(str(host))
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    lookups = _fail_dns(monkeypatch, ".invalid")
     texts = {}
     for n in range(8):
         path = tmp_path / "k8s" / f"p{n}.yaml"
