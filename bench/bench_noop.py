@@ -6,7 +6,8 @@ in the target, so the run costs each image its HEADs and nothing else. Best of -
 
 The machine's floor is printed beside it: the two registries' own CPU for the same 2,002 HEADs
 plus the CPU of a bare HTTP client (httpcore, no work beyond the requests), spread over the
-cores. Both registries and the client share this machine's cores, so no client can beat it.
+cores: an estimate of the least any client could take, since the registries and the client share
+this machine's cores (not a strict bound: the registries' CPU varies between runs).
 Usage: python bench/bench_noop.py [--images 1000] [--repeat 3] [--concurrency 8]
 """
 

@@ -474,7 +474,7 @@ class ProgressDisplay:
 
     def _done_line(self, info: Mapping[str, Any]) -> str:
         status = str(info.get("status", ""))
-        # not "status:" - the final summary owns the one "failed: ..." line per image
+        # not "status:" - the final summary owns the "failed: ..." lines, one per cause
         line = f"{status:>8} {info.get('source', '')} -> {info.get('target', '')}"
         if info.get("bytes_moved"):
             line += f" ({human_size(int(info['bytes_moved']))})"
