@@ -47,6 +47,7 @@ class Seen:
     method: str
     path: str
     headers: dict[str, str]
+    client_port: int = 0  # which connection it came on
 
 
 Reply = tuple[int, dict[str, str], bytes]
@@ -79,7 +80,7 @@ class Proxy:
                 body = self._body()  # read it all before answering, else the client sees a broken pipe
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 with owner.lock:
-                    owner.seen.append(Seen(self.command, self.path, headers))
+                    owner.seen.append(Seen(self.command, self.path, headers, self.client_address[1]))
                 reply = owner.rule(owner, self.command, self.path, headers) if owner.rule else None
                 if reply is None:
                     reply = owner.forward(self.command, self.path, headers, body)
@@ -622,3 +623,36 @@ def test_request_limit_per_host(source_registry, seeded, proxy_factory):
         t.join()
     assert in_flight["max"] == 2
     client.close()
+
+
+@pytest.mark.registry
+def test_cookies_a_registry_sets_are_never_sent_back(source_registry, seeded, proxy_factory):
+    """Registries keep no state in cookies: one that sets a cookie (a load balancer's, a tracker's)
+    never sees it again, on any request, HEAD or GET."""
+    def sticky(method: str, path: str, status: int, headers: dict[str, str], body: bytes) -> Reply:
+        headers["set-cookie"] = "session=abc123; Path=/"
+        return status, headers, body
+
+    proxy = proxy_factory(source_registry.host, rewrite=sticky)
+    client = RegistryClient(proxy.host, plain())
+    repo = client.repo("library/nginx")
+    for _ in range(2):
+        assert repo.head_manifest("1.25") is not None
+        repo.get_manifest("1.25")
+    client.close()
+    assert proxy.count("HEAD") == 2 and proxy.count("GET") >= 3  # the ping, then two manifests
+    assert not any("cookie" in seen.headers for seen in proxy.seen)
+
+
+@pytest.mark.registry
+def test_heads_reuse_one_connection(source_registry, seeded, proxy_factory):
+    """A HEAD's answer is read to its end, so its connection goes back to the pool: ten HEADs one
+    after another (found and not found) travel on the ping's connection."""
+    proxy = proxy_factory(source_registry.host)
+    client = RegistryClient(proxy.host, plain())
+    repo = client.repo("library/nginx")
+    for n in range(10):
+        repo.head_manifest("1.25" if n % 2 else "no-such-tag")
+    client.close()
+    assert proxy.count("HEAD") == 10
+    assert len({seen.client_port for seen in proxy.seen}) == 1

@@ -22,10 +22,13 @@ a URL may receive credentials at all: verified TLS, or a host its settings mark 
 
 Bodies are read bounded: `send` refuses an answer over MAX_BODY unless the caller streams it
 (and then reads it with `read_limited` or its own checks).
+
+No cookies are kept: a registry's (or a redirect target's) Set-Cookie is dropped, never sent back.
 """
 
 from __future__ import annotations
 
+import http.cookiejar
 import socket
 import ssl
 import threading
@@ -104,6 +107,18 @@ def origin(url: str) -> tuple[str, str, int]:
     return scheme, (parts.hostname or "").lower(), port
 
 
+class _NoCookies(http.cookiejar.CookieJar):
+    """A jar that keeps nothing. Registries keep no state in cookies (the OCI API is stateless,
+    and Go's clients, skopeo's and containerd's, keep none); storing a registry's cookies would
+    only send them back, and parsing every answer's headers for them costs CPU per request."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        return None
+
+
 class HostLimiter:
     """At most `limit` requests in flight to one host. Re-entrant per thread, so a thread
     that holds a slot (a blob stream) can make further requests to the same host."""
@@ -152,22 +167,20 @@ class Transport:
 
     def _new_http(self, verify: ssl.SSLContext | bool) -> httpx.Client:
         return httpx.Client(
-            verify=verify, timeout=self._timeout, follow_redirects=False,
+            verify=verify, timeout=self._timeout, follow_redirects=False, cookies=_NoCookies(),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=self._pool_size),
             # identity: bodies are read raw and bounded; a compressed answer could expand without bound
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
         )
 
-    def _own(self, url: str) -> bool:
-        return origin(url) in self._own_origins
-
     def _settings_of(self, url: str) -> RegistrySettings:
-        return self.settings if self._own(url) else self.settings_for(host_of(url))
+        return self.settings if origin(url) in self._own_origins else self.settings_for(host_of(url))
 
-    def _client_for(self, url: str) -> httpx.Client:
-        """This host's client for its own base URLs; for any other host a client with THAT
-        host's TLS settings (a registry marked insecure does not make its realm unverified)."""
-        if self._own(url):
+    def _client_for(self, url: str, where: tuple[str, str, int]) -> httpx.Client:
+        """This host's client for its own base URLs (`where`: the URL's origin); for any other host
+        a client with THAT host's TLS settings (a registry marked insecure does not make its realm
+        unverified)."""
+        if where in self._own_origins:
             return self._http
         host = host_of(url)
         with self._lock:
@@ -206,9 +219,10 @@ class Transport:
         hops = 0
         while True:
             request_headers = dict(headers or {})
-            if authorization and origin(url) == own:
+            where = origin(url)
+            if authorization and where == own:
                 request_headers["Authorization"] = authorization
-            client = self._client_for(url)
+            client = self._client_for(url, where)
             request = client.build_request(method, url, headers=request_headers, content=content, data=data,
                                            params=params)
             try:
@@ -229,6 +243,14 @@ class Transport:
                 params = None  # the Location carries its own query
                 continue
             break
+        if method == "HEAD" and not stream:  # no body by HTTP (h11 reads none): nothing to bound or rebuild
+            try:
+                response.read()  # reaches the end of the message, so the connection goes back to the pool
+            except httpx.HTTPError as exc:
+                raise transport_error(operation, exc) from None
+            finally:
+                response.close()
+            return response
         if not stream:
             try:
                 # bounded: whatever a registry answers (an error page, a tag list) is read at most MAX_BODY
