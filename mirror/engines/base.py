@@ -201,7 +201,8 @@ class Engine(ABC):
             result.error = self.describe(exc, f"copy {mapping.source} to {mapping.target}{self.doing}")
         result.seconds = round(time.monotonic() - started, 3)
         result.rate_limit = self._rate_limit(mapping)
-        self._emit("done", result.as_json())
+        if self._progress is not None:  # the dict costs per image; a run without a display skips it
+            self._emit("done", result.as_json())
         return result
 
     def client(self, host: str) -> RegistryClient:
