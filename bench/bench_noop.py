@@ -4,10 +4,12 @@ Seeds 1,000 small images in 100 repositories (the load test's generator), copies
 times `RegistryEngine.copy_all` over all 1,000 again in a fresh process: every image is already
 in the target, so the run costs each image its HEADs and nothing else. Best of --repeat.
 
-The machine's floor is printed beside it: the two registries' own CPU for the same 2,002 HEADs
-plus the CPU of a bare HTTP client (httpcore, no work beyond the requests), spread over the
-cores: an estimate of the least any client could take, since the registries and the client share
-this machine's cores (not a strict bound: the registries' CPU varies between runs).
+Two bare clients send the same HEADs in the same rounds: a bare httpx.Client (the library
+acr-mirror's transport uses) and a bare httpcore pool (the least a Python client does). The
+machine's floor is printed beside them: the two registries' own CPU for the HEADs plus the bare
+pool's CPU, spread over the cores: an estimate of the least any client could take, since the
+registries and the client share this machine's cores (not a strict bound: the registries' CPU
+varies between runs).
 Usage: python bench/bench_noop.py [--images 1000] [--repeat 3] [--concurrency 8]
 """
 
@@ -43,23 +45,35 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bare_heads(spec: dict) -> tuple[float, float]:
-    """Wall and client CPU seconds of the same HEADs sent by a bare httpcore pool (the least a
-    Python client does)."""
+def head_urls(spec: dict) -> list[str]:
+    return [f"http://{host}/v2/{repo}/manifests/{tag}" for ref in spec["refs"]
+            for repo, _, tag in [ref.rpartition(":")] for host in (spec["source"], spec["target"])]
+
+
+ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+
+
+def bare_httpcore(spec: dict) -> dict:
+    """The same HEADs from a bare httpcore pool: the least a Python client does."""
     import httpcore
 
-    urls = [f"http://{host}/v2/{repo}/manifests/{tag}" for ref in spec["refs"]
-            for repo, _, tag in [ref.rpartition(":")] for host in (spec["source"], spec["target"])]
-    accept = [("Accept", "application/vnd.oci.image.manifest.v1+json")]
-    start, wall = time.process_time(), time.perf_counter()
     with httpcore.ConnectionPool(max_connections=spec["concurrency"]) as pool, \
             ThreadPoolExecutor(spec["concurrency"]) as workers:
-        statuses = set(workers.map(lambda url: pool.request("HEAD", url, headers=accept).status, urls))
-    assert statuses == {200}, statuses
-    return time.perf_counter() - wall, time.process_time() - start
+        start, cpu = time.perf_counter(), time.process_time()
+        statuses = set(workers.map(lambda url: pool.request("HEAD", url, headers=list(ACCEPT.items())).status,
+                                   head_urls(spec)))
+        return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "statuses": sorted(statuses)}
 
 
-def worker(spec: dict) -> None:
+def bare_httpx(spec: dict) -> dict:
+    """The same HEADs from a bare httpx.Client, the HTTP library acr-mirror's transport uses."""
+    with httpx.Client(timeout=60, headers=ACCEPT) as client, ThreadPoolExecutor(spec["concurrency"]) as workers:
+        start, cpu = time.perf_counter(), time.process_time()
+        statuses = set(workers.map(lambda url: client.head(url).status_code, head_urls(spec)))
+        return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "statuses": sorted(statuses)}
+
+
+def acr_mirror(spec: dict) -> dict:
     from manifests_rewriter.model import Mapping
     from manifests_rewriter.reference import parse
     from mirror.engines.registry import RegistryEngine
@@ -74,13 +88,20 @@ def worker(spec: dict) -> None:
         results = engine.copy_all(mappings)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         requests = {h: sum(engine.client(h).requests.values()) for h in (spec["source"], spec["target"])}
-    print(json.dumps({"seconds": seconds, "cpu": cpu, "statuses": sorted({r.status for r in results}), "requests": requests}))
+    return {"seconds": seconds, "cpu": cpu, "statuses": sorted({r.status for r in results}), "requests": requests}
 
 
-def run(spec: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
-                         check=True, cwd=ROOT)
-    return json.loads(out.stdout.splitlines()[-1])
+CLIENTS = {"acr-mirror": acr_mirror, "bare httpx.Client": bare_httpx, "bare httpcore pool": bare_httpcore}
+
+
+def run(client: str, spec: dict, registries: list) -> dict:
+    """One client's run in a fresh process, with the registries' CPU over it."""
+    before = sum(process_cpu(r.process.pid) for r in registries if r.process)
+    out = subprocess.run([sys.executable, __file__, "--worker", client, json.dumps(spec)], capture_output=True,
+                         text=True, check=True, cwd=ROOT)
+    result = json.loads(out.stdout.splitlines()[-1])
+    result["registry_cpu"] = sum(process_cpu(r.process.pid) for r in registries if r.process) - before
+    return result
 
 
 def main() -> int:
@@ -88,40 +109,44 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--worker")
+    parser.add_argument("--worker", nargs=2, metavar=("CLIENT", "SPEC"))
     args = parser.parse_args()
     if args.worker:
-        worker(json.loads(args.worker))
+        print(json.dumps(CLIENTS[args.worker[0]](json.loads(args.worker[1]))))
         return 0
+    runs: dict[str, list[dict]] = {name: [] for name in CLIENTS}
     with tempfile.TemporaryDirectory() as tmp:
-        source, target = (start_registry(Path(tmp) / name, extra_config=STOCK_CACHE) for name in ("source", "target"))
+        registries = [start_registry(Path(tmp) / name, extra_config=STOCK_CACHE) for name in ("source", "target")]
+        source, target = registries
         try:
             with httpx.Client(timeout=60) as client, ThreadPoolExecutor(16) as pool:
                 list(pool.map(lambda n: _push_image(client, source.url, n), range(min(REPOSITORIES, args.images))))
                 refs = [ref for ref, _ in pool.map(lambda n: _push_image(client, source.url, n), range(args.images))]
             spec = {"source": source.host, "target": target.host, "refs": refs, "concurrency": args.concurrency}
-            first = run(spec)
+            first = run("acr-mirror", spec, registries)
             assert first["statuses"] == ["copied"], first
-            runs, registry_cpu = [], []
-            for _ in range(args.repeat):
-                before = sum(process_cpu(r.process.pid) for r in (source, target) if r.process)
-                runs.append(run(spec))
-                registry_cpu.append(sum(process_cpu(r.process.pid) for r in (source, target) if r.process) - before)
-            bare_wall, client_floor = bare_heads(spec)
+            for _ in range(args.repeat):  # interleaved: each round's clients meet the same machine
+                for name in CLIENTS:
+                    runs[name].append(run(name, spec, registries))
         finally:
-            source.stop()
-            target.stop()
-    best = min(r["seconds"] for r in runs)
-    all_runs = ", ".join(f"{r['seconds']:.2f}" for r in runs)
-    print(f"no-op re-sync of {args.images:,} images (concurrency {args.concurrency}): best {best:.2f} s "
-          f"of {all_runs}; {sum(runs[0]['requests'].values()):,} requests; statuses {runs[0]['statuses']}")
+            for registry in registries:
+                registry.stop()
+    ours = runs["acr-mirror"]
+    print(f"no-op re-sync of {args.images:,} images (concurrency {args.concurrency}): "
+          f"{sum(ours[0]['requests'].values()):,} requests; statuses {ours[0]['statuses']}; best of {args.repeat}:")
+    for name, results in runs.items():
+        best = min(results, key=lambda r: r["seconds"])
+        walls = ", ".join(f"{r['seconds']:.2f}" for r in results)
+        print(f"  {name:19s} {best['seconds']:5.2f} s (runs {walls}); "
+              f"client CPU {best['cpu']:.2f} s, the registries' CPU {best['registry_cpu']:.2f} s")
     cores = os.cpu_count() or 1
-    floor = (min(registry_cpu) + client_floor) / cores
-    print(f"machine floor: the registries' CPU for these HEADs {min(registry_cpu):.2f} s + a bare client's "
-          f"{client_floor:.2f} s, over {cores} cores = {floor:.2f} s; acr-mirror at {best / floor:.2f}x the floor")
-    print(f"the same HEADs from a bare httpcore pool (concurrency {args.concurrency}): {bare_wall:.2f} s; "
-          f"client CPU: acr-mirror {min(r['cpu'] for r in runs):.2f} s, the bare pool {client_floor:.2f} s")
-    ok = best < GOAL_SECONDS and runs[0]["statuses"] == ["present"]
+    registry_cpu = min(r["registry_cpu"] for r in runs["bare httpcore pool"])
+    client_floor = min(r["cpu"] for r in runs["bare httpcore pool"])
+    floor = (registry_cpu + client_floor) / cores
+    best = min(r["seconds"] for r in ours)
+    print(f"machine floor: the registries' CPU {registry_cpu:.2f} s + the bare pool's {client_floor:.2f} s, "
+          f"over {cores} cores = {floor:.2f} s; acr-mirror at {best / floor:.2f}x the floor")
+    ok = best < GOAL_SECONDS and all(r["statuses"] == ["present"] for r in ours)
     print(f"{'ok  ' if ok else 'MISS'} no-op re-sync of {args.images:,} images < {GOAL_SECONDS:.0f} s: {best:.2f} s")
     return 0
 
