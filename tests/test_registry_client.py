@@ -656,3 +656,22 @@ def test_heads_reuse_one_connection(source_registry, seeded, proxy_factory):
     client.close()
     assert proxy.count("HEAD") == 10
     assert len({seen.client_port for seen in proxy.seen}) == 1
+
+
+@pytest.mark.registry
+def test_proxy_environment_is_honoured(source_registry, seeded, proxy_factory, monkeypatch):
+    """HTTP(S)_PROXY reaches the registry through the proxy; NO_PROXY naming the host goes direct."""
+    proxy = proxy_factory(source_registry.host)  # forwards the absolute-form requests a proxy receives
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://{proxy.host}")
+    client = RegistryClient(source_registry.host, plain())
+    assert client.repo("library/nginx").head_manifest("1.25") is not None
+    client.close()
+    assert proxy.count("HEAD") == 1 and proxy.seen[-1].path.startswith(f"http://{source_registry.host}/v2/")
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    client = RegistryClient(source_registry.host, plain())
+    assert client.repo("library/nginx").head_manifest("1.25") is not None
+    client.close()
+    assert proxy.count("HEAD") == 1  # the second client went direct
