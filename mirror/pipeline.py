@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from manifests_rewriter.errors import UsageError
 from manifests_rewriter.files import FileError
 from manifests_rewriter.model import Finding
-from manifests_rewriter.output import first_few
+from manifests_rewriter.output import by_cause, counted
 from manifests_rewriter.reference import ImageRef, ReferenceError, parse
 from manifests_rewriter.rewrite import RewriteResult, rewrite_paths
 from manifests_rewriter.scan import ScanResult, scan_paths
@@ -152,17 +152,17 @@ def build_plan(context: Context, paths: Sequence[str], images: Sequence[str] = (
             workers = max(1, min(context.settings.copy.concurrency, len(plan.entries)))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="resolve") as pool:
                 statuses = list(pool.map(lambda e: engine.status(e.mapping()), plan.entries))
-            unresolved: dict[str, list[str]] = {}  # error -> sources: one warning per cause, not per image
             for entry, status in zip(plan.entries, statuses, strict=True):
-                if status.error:
-                    unresolved.setdefault(status.error, []).append(entry.source)
                 if status.digest and not entry.digest:
                     entry.digest = status.digest
                 elif status.digest and entry.digest != status.digest and not parse(entry.source).digest:
                     entry.drift = f"{entry.source} now points to {status.digest}; {entry.digest} runs"
                 entry.platforms = list(status.platforms or [])
-            for error, sources in unresolved.items():
-                names = sources[0] if len(sources) == 1 else f"{len(sources)} images ({first_few(sources)})"
+            failed = [(entry.source, status.error or "")
+                      for entry, status in zip(plan.entries, statuses, strict=True) if status.error]
+            for error, same in by_cause(failed, lambda pair: pair[1]).items():
+                sources = [source for source, _ in same]
+                names = sources[0] if len(sources) == 1 else counted(sources, "images")
                 run.warnings.append(f"{names}: {error} (planned without a digest; check the registry settings, "
                                     f"or plan with --no-resolve)")
     return run

@@ -30,7 +30,7 @@ from rich.text import Text
 
 from manifests_rewriter.files import printable
 from manifests_rewriter.model import Finding
-from manifests_rewriter.output import first_few, rewrite_lines
+from manifests_rewriter.output import by_cause, counted, rewrite_lines
 from manifests_rewriter.policy import quoted
 from manifests_rewriter.rewrite import RewriteResult
 from manifests_rewriter.scan import ScanResult
@@ -177,15 +177,12 @@ def copies_summary(copies: list[CopyResult], *, notes: bool = True) -> None:
 
 def failed_copies(copies: list[CopyResult]) -> None:
     """One line per cause: a host that cannot be reached is one line, not one per image."""
-    failed: dict[str, list[CopyResult]] = {}
-    for r in copies:
-        if r.status == "failed":
-            failed.setdefault(r.error or "failed", []).append(r)
+    failed = by_cause((r for r in copies if r.status == "failed"), lambda r: r.error or "failed")
     for error, same in failed.items():
         if len(same) == 1:
             err(f"failed: {same[0].source} -> {same[0].target}: {error}")
         else:
-            err(f"failed: {len(same)} images ({first_few([r.source for r in same])}): {error}")
+            err(f"failed: {counted([r.source for r in same], 'images')}: {error}")
 
 
 def pacing(figures: Iterable[PaceFigure], notes: Iterable[str] = ()) -> None:

@@ -4,10 +4,22 @@ then a summary. Shared by the hook and acr-mirror; lines are yielded with their 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
 
 from .files import printable
 from .rewrite import RewriteResult, Skipped
+
+T = TypeVar("T")
+
+
+def by_cause(items: Iterable[T], cause: Callable[[T], str]) -> dict[str, list[T]]:
+    """Items grouped by their cause, in the order first seen: a report says each cause once (a
+    registry that cannot be reached is one line, not one per image)."""
+    groups: dict[str, list[T]] = {}
+    for item in items:
+        groups.setdefault(cause(item), []).append(item)
+    return groups
 
 
 def first_few(names: Sequence[str], shown: int = 3) -> str:
@@ -16,18 +28,19 @@ def first_few(names: Sequence[str], shown: int = 3) -> str:
     return ", ".join(names[:shown]) + more
 
 
+def counted(names: Sequence[str], noun: str) -> str:
+    """Many names of one cause on one line: "8 images (a, b, c and 5 more)"."""
+    return f"{len(names)} {noun} ({first_few(names)})"
+
+
 def skipped_lines(skipped: Sequence[Skipped]) -> Iterator[str]:
-    """One line per reason: references skipped for the same reason (a registry that cannot be
-    reached) share one line naming the first few, not one line each."""
-    by_reason: dict[str, list[Skipped]] = {}
-    for item in skipped:
-        by_reason.setdefault(item.reason, []).append(item)
-    for reason, same in by_reason.items():
+    """One line per reason, naming the first few references skipped for it."""
+    for reason, same in by_cause(skipped, lambda item: item.reason).items():
         if len(same) == 1:
             yield f"skipped: {same[0]}"
         else:
-            names = first_few([f"{s.file}:{s.line} {s.image}" for s in same])
-            yield printable(f"skipped: {len(same)} references ({names}): {reason}")
+            names = counted([f"{s.file}:{s.line} {s.image}" for s in same], "references")
+            yield printable(f"skipped: {names}: {reason}")
 
 
 def rewrite_lines(result: RewriteResult, *, write: bool, diff: bool) -> Iterator[tuple[str, str]]:
