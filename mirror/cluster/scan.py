@@ -246,61 +246,58 @@ class _Scanner:
             entry.digests[digest] = entry.digests.get(digest, 0) + 1
 
     # ---- the passes -------------------------------------------------------------------
-    def scan_owners(self, kind: Kind) -> None:
+    def objects(self, kind: Kind) -> Iterator[tuple[dict[str, Any], dict[str, Any], str, str]]:
+        """Each listed object of `kind` outside the excluded namespaces, with its metadata,
+        namespace and name; the count of all listed lands in `result.listed` at the end."""
         count = 0
         for page in self.listing(kind):
             for obj in page:
                 count += 1
                 meta = obj.get("metadata") or {}
                 namespace, name = meta.get("namespace", ""), meta.get("name", "")
-                if self.ns_excluded(namespace):
-                    continue
-                ref = controller_of(meta)
-                self.index[(namespace, kind.kind, name)] = ref
-                if ref is not None and ref[1] in KIND_BY_NAME and (namespace, ref[1], ref[2]) in self.index:
-                    continue  # a listed owner's template speaks for it
-                top = self.top_owner(namespace, kind.kind, name, ref)
-                spec = dig(obj, kind.pod_spec) or {}
-                template_meta = dig(obj, (*kind.pod_spec[:-1], "metadata")) or {}
-                pod = (template_meta.get("labels") or {}, kind.kind, name)
-                for list_name in ("containers", "initContainers"):
-                    for index, container in enumerate(spec.get(list_name) or ()):
-                        path = kind.path_of(list_name, index) if top == (kind.kind, name) else None
-                        self.record((top[0], namespace, top[1]), list_name, container.get("name", ""),
-                                    container.get("image", ""), path, None, pod)
+                if not self.ns_excluded(namespace):
+                    yield obj, meta, namespace, name
         self.result.listed[kind.kind] = count
+
+    def scan_owners(self, kind: Kind) -> None:
+        for obj, meta, namespace, name in self.objects(kind):
+            ref = controller_of(meta)
+            self.index[(namespace, kind.kind, name)] = ref
+            if ref is not None and ref[1] in KIND_BY_NAME and (namespace, ref[1], ref[2]) in self.index:
+                continue  # a listed owner's template speaks for it
+            top = self.top_owner(namespace, kind.kind, name, ref)
+            spec = dig(obj, kind.pod_spec) or {}
+            template_meta = dig(obj, (*kind.pod_spec[:-1], "metadata")) or {}
+            pod = (template_meta.get("labels") or {}, kind.kind, name)
+            for list_name in ("containers", "initContainers"):
+                for index, container in enumerate(spec.get(list_name) or ()):
+                    path = kind.path_of(list_name, index) if top == (kind.kind, name) else None
+                    self.record((top[0], namespace, top[1]), list_name, container.get("name", ""),
+                                container.get("image", ""), path, None, pod)
 
     def scan_pods(self) -> None:
         kind = KIND_BY_NAME["Pod"]
-        count = 0
-        for page in self.listing(kind):
-            for pod in page:
-                count += 1
-                meta = pod.get("metadata") or {}
-                namespace, name = meta.get("namespace", ""), meta.get("name", "")
-                if self.ns_excluded(namespace):
+        for pod, meta, namespace, name in self.objects(kind):
+            uid = meta.get("uid") or f"{namespace}/{name}"
+            if uid in self.seen_pods:
+                continue  # listed twice after a 410 restart
+            self.seen_pods.add(uid)
+            ref = controller_of(meta)
+            top = self.top_owner(namespace, "Pod", name, ref) if ref else ("Pod", name)
+            own = top == ("Pod", name)
+            spec, status = pod.get("spec") or {}, pod.get("status") or {}
+            judged = (meta.get("labels") or {}, "Pod", name)
+            for list_name in CONTAINER_LISTS:
+                containers = spec.get(list_name)
+                if not containers:
                     continue
-                uid = meta.get("uid") or f"{namespace}/{name}"
-                if uid in self.seen_pods:
-                    continue  # listed twice after a 410 restart
-                self.seen_pods.add(uid)
-                ref = controller_of(meta)
-                top = self.top_owner(namespace, "Pod", name, ref) if ref else ("Pod", name)
-                own = top == ("Pod", name)
-                spec, status = pod.get("spec") or {}, pod.get("status") or {}
-                judged = (meta.get("labels") or {}, "Pod", name)
-                for list_name in CONTAINER_LISTS:
-                    containers = spec.get(list_name)
-                    if not containers:
-                        continue
-                    digests = {s.get("name"): running_digest(s.get("imageID"))
-                               for s in status.get(STATUS_LISTS[list_name]) or ()}
-                    for index, container in enumerate(containers):
-                        cname = container.get("name", "")
-                        path = kind.path_of(list_name, index) if own else None
-                        self.record((top[0], namespace, top[1]), list_name, cname, container.get("image", ""),
-                                    path, digests.get(cname), judged)
-        self.result.listed["Pod"] = count
+                digests = {s.get("name"): running_digest(s.get("imageID"))
+                           for s in status.get(STATUS_LISTS[list_name]) or ()}
+                for index, container in enumerate(containers):
+                    cname = container.get("name", "")
+                    path = kind.path_of(list_name, index) if own else None
+                    self.record((top[0], namespace, top[1]), list_name, cname, container.get("image", ""),
+                                path, digests.get(cname), judged)
 
     def findings(self) -> None:
         by_image: dict[str, dict[str, list[str]]] = {}
