@@ -78,6 +78,14 @@ def _cluster(kwargs: dict[str, Any]) -> ClusterOptions:
 
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False),
                              help="Config file (default: ./acr-mirror.yaml, else $ACR_MIRROR_CONFIG).")
+
+
+def source_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Where a command finds images: PATHS, the cluster (and where the policy comes from), Helm
+    charts, and the config file."""
+    for option in (config_option, chart_options, cluster_options, click.argument("paths", nargs=-1, type=click.Path())):
+        func = option(func)
+    return func
 engine_option = click.option("--engine", type=click.Choice(list(ENGINES)), help="Override copy.engine.")
 progress_option = click.option(
     "--progress", "progress_mode", type=click.Choice(terminal.PROGRESS_MODES), default="auto", show_default=True,
@@ -129,10 +137,7 @@ def main() -> None:
 
 
 @_command
-@click.argument("paths", nargs=-1, type=click.Path())
-@cluster_options
-@chart_options
-@config_option
+@source_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "sarif"]), default="table")
 @guarded
 def scan(paths: tuple[str, ...], config_path: str | None, fmt: str, **kwargs: Any) -> None:
@@ -153,10 +158,7 @@ def scan(paths: tuple[str, ...], config_path: str | None, fmt: str, **kwargs: An
 
 
 @_command
-@click.argument("paths", nargs=-1, type=click.Path())
-@cluster_options
-@chart_options
-@config_option
+@source_options
 @click.option("--image", "images", multiple=True, help="Also plan this image (repeatable).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the plan as JSON to this file.")
@@ -180,10 +182,7 @@ def plan(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...
 
 
 @_command
-@click.argument("paths", nargs=-1, type=click.Path())
-@cluster_options
-@chart_options
-@config_option
+@source_options
 @click.option("--image", "images", multiple=True, help="Copy this image too (repeatable).")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="Execute this plan (no re-scan).")
 @click.option("--shard", help="Only shard I/N of the plan (0-based I).")
@@ -324,10 +323,7 @@ def rewrite(paths: tuple[str, ...], config_path: str | None, check: bool, diff: 
 
 
 @_command
-@click.argument("paths", nargs=-1, type=click.Path())
-@cluster_options
-@chart_options
-@config_option
+@source_options
 @click.option("--dry-run", is_flag=True, help="Plan and show what would change; copy and write nothing.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a JSON (or .md) report.")
 @engine_option
