@@ -17,6 +17,7 @@ import click
 
 from manifests_rewriter.cli import EXIT_CODES_HELP, guarded, require_paths
 from manifests_rewriter.errors import EXIT_USAGE, UsageError
+from manifests_rewriter.scan import ScanResult
 
 from . import __version__, exits, pipeline, report, terminal
 from .context import ClusterOptions, Context, naming_errors, open_context
@@ -103,6 +104,18 @@ def _open(config_path: str | None, cluster: ClusterOptions | None = None, *, str
     if strict and problems:
         raise UsageError(f"{problems[0].message}; nothing was written")
     return context
+
+
+def _given_or_built_plan(context: Context, plan_path: str | None, paths: tuple[str, ...], images: tuple[str, ...],
+                         verb: str, nothing: str) -> tuple[Plan, ScanResult | None]:
+    """The plan given with --plan (then no PATH or --image may come with it), else one built from
+    PATHS and --image, with the scan that found its images."""
+    if plan_path:
+        if paths or images:
+            raise UsageError(f"--plan {verb} the plan as reviewed: give no PATH or --image with it")
+        return _load_plan(plan_path, context, nothing), None
+    planned = pipeline.build_plan(context, paths, images)
+    return planned.plan, planned.scan
 
 
 def _load_plan(path: str, context: Context, nothing_done: str) -> Plan:
@@ -201,13 +214,7 @@ def sync(paths: tuple[str, ...], config_path: str | None, images: tuple[str, ...
     with terminal.progress_display(progress_mode) as progress:
         context = _open(config_path, _cluster(kwargs), progress=progress)
         _charts(context, kwargs, paths)
-        if plan_path:
-            if paths or images:
-                raise UsageError("--plan executes the plan as reviewed: give no PATH or --image with it")
-            the_plan, found = _load_plan(plan_path, context, "nothing was copied"), None
-        else:
-            planned = pipeline.build_plan(context, paths, images)
-            the_plan, found = planned.plan, planned.scan
+        the_plan, found = _given_or_built_plan(context, plan_path, paths, images, "executes", "nothing was copied")
         if shard:
             the_plan = the_plan.shard(*parse_shard(shard))
         run = pipeline.sync(context, the_plan, engine=engine, dry_run=dry_run, fail_fast=fail_fast, found=found)
@@ -234,13 +241,7 @@ def cache_rules(paths: tuple[str, ...], config_path: str | None, images: tuple[s
     cannot be served by the cache (copy those with sync)."""
     require_paths(paths)
     context = _open(config_path, _cluster(kwargs))
-    if plan_path:
-        if paths or images:
-            raise UsageError("--plan covers the plan as reviewed: give no PATH or --image with it")
-        the_plan, found = _load_plan(plan_path, context, "no rule was created"), None
-    else:
-        planned = pipeline.build_plan(context, paths, images)
-        the_plan, found = planned.plan, planned.scan
+    the_plan, found = _given_or_built_plan(context, plan_path, paths, images, "covers", "no rule was created")
     run = pipeline.cache_rules(context, the_plan, dry_run=dry_run, pull=pull, found=found)
     terminal.cache_rule_run(run)
     _exit(exits.exit_code(run))
