@@ -231,3 +231,13 @@ def test_rewrite_git_checkouts_one_branch_and_commit_each(tmp_path, monkeypatch)
     assert _git(repos[0], "rev-list", "--count", "main..HEAD").strip() == "1"
     assert (repos[1] / "web.yaml").read_text() == DEPLOYMENT + "# local edit\n"
     assert "acr-mirror/allowed-images" not in _git(repos[1], "branch")
+
+
+@pytest.mark.parametrize("command, verb", [("sync", "executes"), ("cache-rules", "covers")])
+def test_a_reviewed_plan_comes_alone(tree, command, verb):
+    """--plan runs the plan as reviewed: a PATH or an --image beside it is a usage error, before
+    the plan file is even read."""
+    for extra in ([str(tree / "k8s")], ["--image", "nginx:1.27"]):
+        result = run([command, *extra, "--plan", str(tree / "no-such-plan.json"), "--config", str(tree / "config.yaml")])
+        assert result.exit_code == 2
+        assert f"--plan {verb} the plan as reviewed: give no PATH or --image with it" in result.output
