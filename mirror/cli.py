@@ -87,6 +87,8 @@ def source_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in (config_option, chart_options, cluster_options, click.argument("paths", nargs=-1, type=click.Path())):
         func = option(func)
     return func
+
+
 engine_option = click.option("--engine", type=click.Choice(list(ENGINES)), help="Override copy.engine.")
 progress_option = click.option(
     "--progress", "progress_mode", type=click.Choice(terminal.PROGRESS_MODES), default="auto", show_default=True,
